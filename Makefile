@@ -1,0 +1,71 @@
+# Two set-up commands: `make run` and `make test`. Everything else is for working on the project.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+TORCH  ?= torch==2.13.0
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+WORKSPACE ?= workspace
+
+.PHONY: run test test-fast check-sync readme lab docs bench install install-dev clean
+.DEFAULT_GOAL := run
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# torch first, from $(TORCH), so that nothing later can pull a different (multi-GB) build.
+$(VENV)/.mlsys-installed: $(BIN)/python setup.py settings.ini
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip check
+	@touch $@
+
+$(VENV)/.mlsys-installed-dev: $(VENV)/.mlsys-installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip check
+	-$(BIN)/nbdev_install_hooks >/dev/null 2>&1
+	@touch $@
+
+install: $(VENV)/.mlsys-installed
+install-dev: $(VENV)/.mlsys-installed-dev
+
+run: install
+	$(BIN)/mlsys run --workspace $(WORKSPACE)
+
+# Fails, with the files named, when nbdev_clean or nbdev_export would change anything, or README.md is stale.
+check-sync: install-dev
+	@before=$$(find nbs mlsys -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs md5sum); \
+	$(BIN)/nbdev_clean >/dev/null && $(BIN)/nbdev_export >/dev/null; \
+	after=$$(find nbs mlsys -type f \( -name '*.ipynb' -o -name '*.py' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs md5sum); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "ERROR: notebooks were not clean or the library was out of sync; nbdev_clean/nbdev_export changed:"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^>' | awk '{print "   ", $$3}'; \
+	  echo "Commit those changes (they are now in your tree) and rerun."; exit 1; fi
+	@$(BIN)/python .ci/readme.py --check
+	@echo "check-sync: notebooks clean, library in sync, README in sync"
+
+test: check-sync
+	$(BIN)/nbdev_test --flags slow --n_workers 2 --timing
+	$(BIN)/pytest tests -q -p no:cacheprovider
+	$(BIN)/mlsys run --workspace $$(mktemp -d)/workspace
+
+test-fast: check-sync
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/pytest tests -q -m 'not slow and not service' -p no:cacheprovider
+
+readme: install-dev
+	$(BIN)/python .ci/readme.py
+
+lab: install-dev
+	$(BIN)/jupyter lab --notebook-dir nbs
+
+docs: install-dev
+	@command -v quarto >/dev/null 2>&1 || { echo "make docs needs Quarto (https://quarto.org/docs/get-started/), which is not installed here."; \
+	  echo "Without it, 'nbdev_proc_nbs' checks that the notebooks process: run '$(BIN)/nbdev_proc_nbs'."; exit 1; }
+	$(BIN)/nbdev_docs
+
+bench: install
+	$(BIN)/mlsys bench all --workspace $(WORKSPACE)
+
+clean:
+	rm -rf _docs _proc nbs/_site .pytest_cache

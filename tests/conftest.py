@@ -1,0 +1,24 @@
+import json, os, subprocess, sys
+from pathlib import Path
+import pytest
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ['-p', 'n_days', '10']  # a short world keeps the CLI tests fast; `make test` also runs the full small world
+
+
+def mlsys(*args, env=None, cwd=None):
+    "Run the installed `mlsys` command; returns the CompletedProcess."
+    e = {**os.environ, 'MLSYS_PROGRESS': 'log', **(env or {})}
+    return subprocess.run([str(BIN/'mlsys'), *map(str, args)], capture_output=True, text=True, env=e, cwd=cwd, timeout=600)
+
+
+def run_record(proc):
+    "The run folder printed on the last line of `mlsys run`, and its run.json."
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    return run_dir, json.loads((run_dir/'run.json').read_text())
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return tmp_path/'workspace'

@@ -1,0 +1,103 @@
+"`mlsys run`, `mlsys job` and their contracts, end to end through the installed command."
+import json, subprocess
+from pathlib import Path
+import pandas as pd
+import pytest
+from conftest import BIN, ROOT, SMALL, mlsys, run_record
+
+STAGE_KEYS = {'name', 'status', 'started', 'ended', 'seconds', 'notebook', 'artifacts', 'metrics'}
+
+
+def test_run_contract(ws):
+    p = mlsys('run', '--workspace', ws, *SMALL)
+    assert p.returncode == 0, p.stderr
+    run_dir, rec = run_record(p)
+    assert set(rec) >= {'run_id', 'status', 'failed_stage', 'reason', 'stages', 'lineage'}
+    assert (rec['status'], rec['failed_stage'], rec['reason']) == ('succeeded', None, None)
+    assert [s['name'] for s in rec['stages']] == ['ingest', 'validate']
+    for s in rec['stages']:
+        assert STAGE_KEYS <= set(s) and s['status'] == 'succeeded' and (run_dir/s['notebook']).exists()
+    assert (ws/'runs'/'latest').resolve() == run_dir.resolve()
+    assert set(rec['lineage']['data_hashes']) >= {'transactions', 'labels', 'users'}
+    assert rec['lineage']['config']['params'] == {'n_days': 10}
+    assert (run_dir/'validate'/'validation.md').read_text().startswith('# Validation report')
+    assert rec['stages'][0]['metrics']['rows']['transactions'] > 10_000
+
+
+def test_same_seed_same_data(ws, tmp_path):
+    hashes = []
+    for w in (ws, tmp_path/'other'):
+        p = mlsys('run', '--workspace', w, '--to', 'ingest', *SMALL, '-p', 'seed', '5')
+        assert p.returncode == 0, p.stderr
+        hashes.append(run_record(p)[1]['lineage']['data_hashes'])
+    assert hashes[0] == hashes[1]
+    p = mlsys('run', '--workspace', ws, '--to', 'ingest', *SMALL, '-p', 'seed', '6')
+    assert run_record(p)[1]['lineage']['data_hashes']['transactions'] != hashes[0]['transactions']
+
+
+@pytest.mark.parametrize('fault,check', [('null_spike', 'null_rate'), ('schema_change', 'column_in_schema'),
+    ('out_of_range', 'in_range'), ('duplicate_keys', 'unique_key'), ('stale_partition', 'freshness')])
+def test_fault_stops_at_validate(ws, fault, check):
+    p = mlsys('run', '--workspace', ws, *SMALL, '-p', 'fault', fault)
+    assert p.returncode == 1
+    run_dir, rec = run_record(p)
+    assert (rec['status'], rec['failed_stage']) == ('failed', 'validate')
+    assert rec['reason'].startswith('ValidationFailed') and check in rec['reason'] and '\n' not in rec['reason']
+    assert (run_dir/'notebooks'/'validate.ipynb').exists()
+    assert f'stage validate failed' in p.stderr
+
+
+def test_timezone_bug_passes_validation(ws):
+    "Invisible to distribution checks: the features stage's parity test is what catches it."
+    p = mlsys('run', '--workspace', ws, *SMALL, '-p', 'fault', 'timezone_bug')
+    assert p.returncode == 0, p.stderr
+
+
+def test_slice_and_job(ws):
+    assert mlsys('run', '--workspace', ws, '--to', 'ingest', *SMALL).returncode == 0
+    p = mlsys('run', '--workspace', ws, '--from', 'validate')
+    assert p.returncode == 0, p.stderr
+    assert [s['name'] for s in run_record(p)[1]['stages']] == ['validate']
+    p = mlsys('job', 'validate', '--workspace', ws, '-p', 'window_days', '2')
+    assert p.returncode == 0 and [s['name'] for s in run_record(p)[1]['stages']] == ['validate']
+
+
+def test_bad_input(ws, tmp_path):
+    # unknown fault: the ingest stage fails with the name and the choices, its notebook kept
+    p = mlsys('run', '--workspace', ws, *SMALL, '-p', 'fault', 'gremlins')
+    run_dir, rec = run_record(p)
+    assert p.returncode == 1 and rec['failed_stage'] == 'ingest' and "fault='gremlins'" in rec['reason'] and 'null_spike' in rec['reason']
+    assert (run_dir/'notebooks'/'ingest.ipynb').exists() and not (ws/'lake'/'_manifest.json').exists()
+    # missing lake: validate names the path
+    p = mlsys('run', '--workspace', tmp_path/'empty', '--from', 'validate')
+    assert p.returncode == 1 and 'no lake at' in run_record(p)[1]['reason']
+    # usage errors: exit 2, nothing run
+    runs = set((ws/'runs').iterdir())
+    p = mlsys('run', '--workspace', ws, '-p', 'colour', 'red')
+    assert p.returncode == 2 and 'unknown parameter(s) colour' in p.stderr and set((ws/'runs').iterdir()) == runs
+    p = mlsys('run', '--workspace', ws, '-p', 'run_dir', '/tmp/x')
+    assert p.returncode == 2 and 'run_dir is set by the runner' in p.stderr
+    assert mlsys('run', '--to', 'nowhere').returncode == 2
+    assert mlsys('job', 'nowhere', '--workspace', ws).returncode == 2
+    # malformed settings file: exit 1 with the file named
+    bad = tmp_path/'mlsys.yaml'; bad.write_text('seed: [1,\n')
+    p = mlsys('run', '--config', bad)
+    assert p.returncode == 1 and 'not valid YAML' in p.stderr and str(bad) in p.stderr
+
+
+def test_papermill_without_mlsys(ws, tmp_path):
+    for job, params in [('ingest', ['-p', 'n_days', '8']), ('validate', [])]:
+        p = subprocess.run([str(BIN/'papermill'), str(ROOT/'nbs'/'jobs'/f'{job}.ipynb'), str(tmp_path/f'{job}.ipynb'),
+                            '-p', 'workspace', str(ws), *params, '--log-level', 'WARNING'], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr[-2000:]
+    reports = list((ws/'runs').glob('*/validate/validation.json'))
+    assert len(reports) == 1 and json.loads(reports[0].read_text())['passed']
+
+
+def test_info_and_bench(ws):
+    p = mlsys('info', '--workspace', ws)
+    assert p.returncode == 0 and json.loads(p.stdout)['devices']['cpus'] >= 1
+    p = mlsys('bench', 'ingest', '--quick', '--workspace', ws)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads((ws/'bench'/'ingest.json').read_text())
+    assert {'name', 'machine', 'results', 'ratios'} <= set(rec) and rec['ratios']['partition_pruned_read_speedup'] > 0
