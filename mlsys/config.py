@@ -183,7 +183,8 @@ def _progress_mode() -> str:
     except ImportError: pass
     return 'bar' if sys.stderr.isatty() else 'log'
 
-def progress(it:Iterable, desc:str='', total:int|None=None, logger:logging.Logger|None=None) -> Iterator:
+def progress(it:Iterable, desc:str='', total:int|None=None, logger:logging.Logger|None=None,
+             quiet:float=2.0) -> Iterator: # log mode says nothing during the first `quiet` seconds
     "Iterate `it` showing progress: a bar interactively, at most 11 log lines otherwise."
     mode = _progress_mode()
     if mode == 'bar':
@@ -195,6 +196,6 @@ def progress(it:Iterable, desc:str='', total:int|None=None, logger:logging.Logge
         yield x
         if mode == 'log' and total:
             pct = 100 * i // total
-            if pct >= next_pct:
+            if pct >= next_pct and time.perf_counter() - t0 >= quiet:
                 log.info('%s %3d%% (%d/%d, %.1fs)', desc, pct, i, total, time.perf_counter() - t0)
                 next_pct = pct // 10 * 10 + 10

@@ -87,14 +87,19 @@ def _one_line(text:str, limit:int=500) -> str:
     line = ' '.join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + '...'
 
+def _ipc_kernel_manager():
+    from jupyter_client.manager import AsyncKernelManager
+    class IPCKernelManager(AsyncKernelManager): transport = 'ipc'
+    return IPCKernelManager
+
 def _execute(name:str, params:dict, run_dir:Path) -> StageResult:
     "Run job `name` with `params` under papermill; never raises for a failure inside the notebook."
     import papermill as pm
-    out = run_dir/'notebooks'/f'{name}.ipynb'; part = out.with_suffix('.ipynb.partial')
+    out = run_dir/'notebooks'/f'{name}.ipynb'; part = out.with_name(f'{name}.partial.ipynb')
     started, t0, reason = _now(), time.perf_counter(), None
     os.environ.setdefault('MLSYS_PROGRESS', 'log')
     try: pm.execute_notebook(str(jobs_dir()/f'{name}.ipynb'), str(part), parameters=params, kernel_name='python3',
-                             progress_bar=False, cwd=str(run_dir))
+                             progress_bar=False, cwd=str(run_dir), kernel_manager_class=_ipc_kernel_manager())
     except pm.PapermillExecutionError as e: reason = _one_line(f'{e.ename}: {e.evalue}')
     except Exception as e: reason = _one_line(f'{type(e).__name__}: {e}')
     finally:

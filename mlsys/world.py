@@ -14,12 +14,13 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pydantic import ValidationError
-from .config import explain, frame_hash, write_json
+from .config import explain, frame_hash, progress, write_json
 
 # %% auto #0
 __all__ = ['FAULTS', 'SCALES', 'COUNTRIES', 'CATEGORIES', 'DEVICES', 'CHANNELS', 'AGE_BUCKETS', 'GENRES', 'PATTERNS',
-           'EVENT_TABLES', 'WorldConfig', 'world_config', 'World', 'simulate', 'LakeError', 'write_lake',
-           'read_manifest', 'partitions', 'read_table', 'load_movielens', 'load_creditcard']
+           'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'world_config', 'World', 'simulate', 'LakeError',
+           'write_lake', 'read_manifest', 'partitions', 'read_table', 'serving_requests', 'load_movielens',
+           'load_creditcard']
 
 # %% ../nbs/01_world.ipynb #6ccb204a
 FAULTS = ('null_spike', 'schema_change', 'out_of_range', 'duplicate_keys', 'stale_partition', 'timezone_bug')
@@ -314,7 +315,7 @@ def _swap_in(tmp:Path, dest:Path):
     shutil.rmtree(old, ignore_errors=True)
 
 # %% ../nbs/01_world.ipynb #89a7ce45
-def _inject(fault, df, rng, users) -> tuple[pd.DataFrame|None, int]:
+def _inject(fault, df, rng) -> tuple[pd.DataFrame|None, int]:
     "Apply `fault` to one transactions partition; return the landed frame (`None`: not landed) and rows affected."
     df = df.copy(); n = len(df); pick = lambda share: rng.choice(n, max(1, int(share * n)), replace=False)
     if fault == 'null_spike':          # an upstream change stops sending amounts for 30% of rows
@@ -327,10 +328,7 @@ def _inject(fault, df, rng, users) -> tuple[pd.DataFrame|None, int]:
         i = pick(0.02); return pd.concat([df, df.iloc[i]]).sort_values('ts', kind='stable'), len(i)
     if fault == 'stale_partition':     # the job that lands the day never ran
         return None, n
-    if fault == 'timezone_bug':        # local wall-clock time written as if it were UTC
-        tz = df.user_id.map(users.set_index('user_id').timezone)
-        for z in tz.unique():
-            m = (tz == z).to_numpy(); df.loc[m, 'ts'] = df.ts[m].dt.tz_convert(z).dt.tz_localize(None).dt.tz_localize('UTC')
+    if fault == 'timezone_bug':        # lands untouched: the bug lives in the serving path, see `serving_requests`
         return df, n
     raise ValueError(f'fault={fault!r} is not a known fault; choose one of {", ".join(FAULTS)}')
 
@@ -345,14 +343,14 @@ def write_lake(w:World, lake:str|Path) -> dict:
     cfg, man = w.config, dict(w.manifest)
     as_of = pd.Timestamp(man['as_of']); start = pd.Timestamp(man['start'], tz='UTC')
     rng = np.random.default_rng([cfg.seed, 7])
-    fault = {'name': cfg.fault, 'table': 'transactions', 'from_day': cfg.first_fault_day,
+    fault = {'name': cfg.fault, 'table': 'serving' if cfg.fault == 'timezone_bug' else 'transactions', 'from_day': cfg.first_fault_day,
              'from_date': str((start + pd.Timedelta(days=cfg.first_fault_day)).date()), 'rows_affected': 0, 'partitions': []} if cfg.fault else None
-    for name, df in w.tables().items():
+    for name, df in progress(w.tables().items(), 'landing tables', total=len(w.TABLES)):
         if name not in EVENT_TABLES: _write_parquet(df, tmp/name/'part-0.parquet'); continue
         col = EVENT_TABLES[name]; df = df[df[col] < as_of]
         for day, part in df.groupby(df[col].dt.strftime('%Y-%m-%d'), sort=True):
             if fault and name == 'transactions' and day >= fault['from_date']:
-                part, k = _inject(cfg.fault, part, rng, w.users)
+                part, k = _inject(cfg.fault, part, rng)
                 fault['rows_affected'] += k; fault['partitions'].append(day)
                 if part is None: continue
             _write_parquet(part, tmp/name/f'day={day}'/'part-0.parquet')
@@ -388,6 +386,21 @@ def read_table(lake:str|Path, table:str, days:list[str]|None=None) -> pd.DataFra
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 # %% ../nbs/01_world.ipynb #7f4012c9
+REQUEST_FIELDS = ['transaction_id', 'user_id', 'merchant_id', 'device_id', 'ip', 'channel', 'amount', 'ts']
+
+def serving_requests(tx:pd.DataFrame, users:pd.DataFrame, manifest:dict|None=None) -> pd.DataFrame:
+    "Transactions `tx` as the serving path receives them, with the manifest's `timezone_bug` applied."
+    req = tx[REQUEST_FIELDS].copy()
+    fault = (manifest or {}).get('fault') or {}
+    if fault.get('name') != 'timezone_bug': return req
+    hit = (req.ts >= pd.Timestamp(fault['from_date'], tz='UTC')).to_numpy()
+    tz = req.user_id.map(users.set_index('user_id').timezone).to_numpy()
+    for z in pd.unique(tz[hit]):
+        m = hit & (tz == z)
+        req.loc[m, 'ts'] = req.ts[m].dt.tz_convert(z).dt.tz_localize(None).dt.tz_localize('UTC')
+    return req
+
+# %% ../nbs/01_world.ipynb #6918a736
 def _need(df, cols, path):
     missing = [c for c in cols if c not in df.columns]
     if missing: raise ValueError(f'{path}: missing column(s) {missing}; found {list(df.columns)[:8]}')
@@ -403,7 +416,7 @@ def load_movielens(path:str|Path) -> pd.DataFrame:
         raise ValueError(f'{path}: user_id, item_id and timestamp must be present and numeric in every row')
     return df.assign(ts=pd.to_datetime(df.ts, unit='s', utc=True))[['user_id', 'item_id', 'rating', 'ts']]
 
-# %% ../nbs/01_world.ipynb #fad90a6e
+# %% ../nbs/01_world.ipynb #b52b5289
 def load_creditcard(path:str|Path, start:str='2013-09-01') -> pd.DataFrame:
     "The Kaggle credit-card fraud CSV as `transaction_id`, `ts`, `amount`, `V1`..`V28`, `is_fraud`."
     df = pd.read_csv(path); v = [f'V{i}' for i in range(1, 29)]
