@@ -163,7 +163,7 @@ def _card_testing(rng, n, users, merchants, start, days):
     bday = rng.choice(days, len(size)); victims = _victims(rng, users, start, bday)
     pool = merchants.index[merchants.category.isin(['digital_goods', 'gift_cards'])].to_numpy()
     t0 = _fraud_ts(rng, start, bday, None).to_numpy()
-    gap = pd.to_timedelta(rng.exponential(40, n).round(), 's')
+    gap = pd.to_timedelta(rng.exponential(40, n).round() + 1, 's')  # at least a second apart
     ts = pd.Series(t0[b]) + pd.Series(gap).groupby(b).cumsum().to_numpy()
     dev, ip = _ring(rng, len(size))
     return pd.DataFrame({'user_idx': victims[b], 'merchant_id': rng.choice(pool, len(size))[b], 'amount': rng.uniform(0.5, 5, n),
@@ -389,15 +389,15 @@ def read_table(lake:str|Path, table:str, days:list[str]|None=None) -> pd.DataFra
 REQUEST_FIELDS = ['transaction_id', 'user_id', 'merchant_id', 'device_id', 'ip', 'channel', 'amount', 'ts']
 
 def serving_requests(tx:pd.DataFrame, users:pd.DataFrame, manifest:dict|None=None) -> pd.DataFrame:
-    "Transactions `tx` as the serving path receives them, with the manifest's `timezone_bug` applied."
-    req = tx[REQUEST_FIELDS].copy()
+    "Transactions `tx` as requests: `ts` is when each arrives, `request_ts` what the gateway stamps on it (see `timezone_bug`)."
+    req = tx[REQUEST_FIELDS].copy(); req['request_ts'] = req.ts
     fault = (manifest or {}).get('fault') or {}
     if fault.get('name') != 'timezone_bug': return req
     hit = (req.ts >= pd.Timestamp(fault['from_date'], tz='UTC')).to_numpy()
     tz = req.user_id.map(users.set_index('user_id').timezone).to_numpy()
     for z in pd.unique(tz[hit]):
         m = hit & (tz == z)
-        req.loc[m, 'ts'] = req.ts[m].dt.tz_convert(z).dt.tz_localize(None).dt.tz_localize('UTC')
+        req.loc[m, 'request_ts'] = req.ts[m].dt.tz_convert(z).dt.tz_localize(None).dt.tz_localize('UTC')
     return req
 
 # %% ../nbs/01_world.ipynb #6918a736
