@@ -11,7 +11,8 @@ from pathlib import Path
 from .config import Workspace, package_versions, write_json
 
 # %% auto #0
-__all__ = ['BENCHES', 'machine_info', 'pin_threads', 'measure', 'register', 'run_bench', 'format_table', 'bench_ingest']
+__all__ = ['BENCHES', 'BENCH_MODULES', 'machine_info', 'pin_threads', 'measure', 'register', 'bench_names', 'run_bench',
+           'format_table', 'bench_ingest']
 
 # %% ../nbs/18_bench.ipynb #bae70238
 def machine_info() -> dict:
@@ -39,17 +40,27 @@ def measure(fn:Callable, repeat:int=5, warmup:int=1) -> dict:
 
 # %% ../nbs/18_bench.ipynb #522c4dea
 BENCHES: dict[str, Callable] = {}
+BENCH_MODULES = {'features': 'mlsys.pit:bench_features'}  # benchmarks that live with their stage, imported when asked for
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."
     def deco(fn): BENCHES[name] = fn; return fn
     return deco
 
+def bench_names() -> list[str]: return sorted({*BENCHES, *BENCH_MODULES})
+
+def _lookup(name:str) -> Callable:
+    if name in BENCHES: return BENCHES[name]
+    if name in BENCH_MODULES:
+        import importlib
+        mod, fn = BENCH_MODULES[name].split(':'); return getattr(importlib.import_module(mod), fn)
+    raise KeyError(f'unknown benchmark {name!r}; benchmarks: {", ".join(bench_names())}')
+
 def run_bench(name:str, ws:Workspace|None=None, quick:bool=False, threads:int|None=None) -> dict:
     "Run benchmark `name`, write `bench/<name>.json` in `ws` and return the record."
-    if name not in BENCHES: raise KeyError(f'unknown benchmark {name!r}; benchmarks: {", ".join(sorted(BENCHES))}')
+    fn = _lookup(name)
     if threads: pin_threads(threads)
-    results, ratios = BENCHES[name](quick)
+    results, ratios = fn(quick)
     rec = {'name': name, 'machine': machine_info(), 'quick': quick, 'results': results, 'ratios': ratios}
     write_json((ws or Workspace()).ensure().bench/f'{name}.json', rec)
     return rec

@@ -48,9 +48,9 @@ def _info(settings) -> dict:
 
 # %% ../nbs/17_cli.ipynb #47858df8
 def _bench(args, settings) -> int:
-    from mlsys.bench import BENCHES, format_table, run_bench
-    names = sorted(BENCHES) if args.name == 'all' else [args.name]
-    if any(n not in BENCHES for n in names): raise UsageError(f'unknown benchmark {args.name!r}; benchmarks: all, {", ".join(sorted(BENCHES))}')
+    from mlsys.bench import bench_names, format_table, run_bench
+    names = bench_names() if args.name == 'all' else [args.name]
+    if any(n not in bench_names() for n in names): raise UsageError(f'unknown benchmark {args.name!r}; benchmarks: all, {", ".join(bench_names())}')
     for n in names: print(format_table(run_bench(n, settings.workspace, args.quick, args.threads)), end='\n\n')
     print(settings.workspace.bench)
     return 0

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .config import atomic_write, get_logger, write_json
-from .features import FRAUD_FEATURES, replay_online
+from .features import FRAUD_FEATURES, WARMUP_DAYS, replay_online
 from .pit import compare, fast_training_set, fraud_entities
 from .validate import PSI_WARN, psi
 from .world import serving_requests
@@ -64,16 +64,18 @@ SKEW_SLO = 0.1
 class SkewError(AssertionError):
     "Served feature distributions drifted from training beyond the SLO; the message names the features."
 
-def skew_report(train:pd.DataFrame, served:pd.DataFrame, features:list[str]=FRAUD_FEATURES, threshold:float=SKEW_SLO) -> pd.DataFrame:
-    "PSI of each feature, training vs served, with pass/fail against `threshold`."
+def skew_report(train:pd.DataFrame, served:pd.DataFrame, features:list[str]=FRAUD_FEATURES, threshold:float=SKEW_SLO,
+                history_days:float|None=None) -> pd.DataFrame: # history before the reference window (None: enough for all)
+    "PSI of each feature, training vs served: pass, fail against `threshold`, or warming up."
     rows = [{'feature': f, 'psi': round(psi(train[f], served[f]), 4)} for f in features]
     df = pd.DataFrame(rows).set_index('feature')
-    df['status'] = np.where(df.psi > threshold, 'fail', 'pass')
+    warm = np.array([history_days is not None and WARMUP_DAYS.get(f, 0) > history_days for f in df.index])
+    df['status'] = np.where(warm, 'warming up', np.where(df.psi > threshold, 'fail', 'pass'))
     return df
 
 def skew_gate(report:pd.DataFrame, threshold:float=SKEW_SLO):
     "Raise `SkewError` naming every feature whose PSI is above `threshold`."
-    bad = report[report.psi > threshold]
+    bad = report[report.status == 'fail']
     if len(bad): raise SkewError(f'training-serving skew above PSI {threshold}: ' + ', '.join(f'{f} ({p:.3f})' for f, p in bad.psi.items()))
 
 def plot_skew(report:pd.DataFrame, threshold:float=SKEW_SLO, path:str|Path|None=None):
@@ -81,7 +83,8 @@ def plot_skew(report:pd.DataFrame, threshold:float=SKEW_SLO, path:str|Path|None=
     import matplotlib; matplotlib.use('Agg') if path else None
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(report) + 1))
-    ax.barh(report.index, report.psi, color=np.where(report.psi > threshold, 'tab:red', 'tab:blue'))
+    colour = report.status.map({'fail': 'tab:red', 'pass': 'tab:blue', 'warming up': 'tab:gray'})
+    ax.barh(report.index, report.psi, color=colour)
     ax.axvline(threshold, color='k', ls='--', lw=1, label=f'SLO {threshold}'); ax.set_xlabel('PSI (training vs served)'); ax.legend(); ax.invert_yaxis()
     fig.tight_layout()
     if path: fig.savefig(path, dpi=100); plt.close(fig)

@@ -17,7 +17,7 @@ __all__ = ['STAGES', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'jobs_dir', 'job
            'stage_output', 'stage_dir', 'StageResult', 'select_stages', 'check_params', 'RunResult', 'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
-STAGES = ('ingest', 'validate')
+STAGES = ('ingest', 'validate', 'features')
 GLOBAL_PARAMS = ('seed', 'scale', 'fault')  # understood by every run, whichever stages it covers
 RESERVED = {'run_dir': 'the runner', 'workspace': '--workspace'}  # parameters the runner sets itself
 

@@ -15,7 +15,7 @@ from .features import FRAUD_REFS, SPECS, FeatureDefinitionError, finish, request
 
 # %% auto #0
 __all__ = ['READ_BEFORE', 'ODFV_INPUTS', 'check_entity_df', 'fraud_entities', 'feast_training_set', 'fast_training_set',
-           'with_offline_store', 'compare', 'naive_training_set']
+           'with_offline_store', 'compare', 'naive_training_set', 'pandas_training_set', 'bench_features']
 
 # %% ../nbs/03a_pit.ipynb #2e6cc357
 READ_BEFORE = pd.Timedelta(milliseconds=1)
@@ -64,8 +64,8 @@ def _asof(con, view:str, path:str, key:str, ttl, feats:list[str]) -> pd.DataFram
 # %% ../nbs/03a_pit.ipynb #7295474e
 ODFV_INPUTS = {'transaction_context': ('amount', 'user_avg_amount_30d', 'request_ts', 'timezone')}
 
-def fast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
-    "Point-in-time features for `entity_df` with Feast's semantics, as DuckDB ASOF joins; input order kept."
+def fast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS, raw:bool=False) -> pd.DataFrame:
+    "Point-in-time features for `entity_df` with Feast's semantics, as DuckDB ASOF joins; input order kept (`raw`: skip `finish`)."
     import duckdb
     check_entity_df(entity_df)
     e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df)))
@@ -83,7 +83,8 @@ def fast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) 
     for v in odfvs:
         res = transaction_context({c: out[c].tolist() for c in ODFV_INPUTS[v]})
         for k, vals in res.items(): out[k] = np.array(vals, dtype=float if k == 'amount_to_avg_30d' else 'int64')
-    return finish(out.drop(columns='_row')[list(entity_df.columns) + wanted])
+    out = out.drop(columns='_row')[list(entity_df.columns) + wanted]
+    return out if raw else finish(out)
 
 # %% ../nbs/03a_pit.ipynb #7eac801c
 def with_offline_store(store, kind:str='file'):
@@ -119,3 +120,101 @@ def naive_training_set(tables:dict[str, pd.DataFrame], entity_df:pd.DataFrame, a
     res = transaction_context({c: out[c].tolist() for c in ODFV_INPUTS['transaction_context']})
     for k, vals in res.items(): out[k] = vals
     return finish(out)
+
+# %% ../nbs/03a_pit.ipynb #ed3c2fec
+def pandas_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
+    "Point-in-time features for `entity_df` with pandas `merge_asof`, Feast's semantics; input order kept."
+    check_entity_df(entity_df)
+    e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df))).sort_values('event_timestamp', kind='stable')
+    out, wanted = entity_df.reset_index(drop=True).copy(), [r.split(':')[1] for r in refs]
+    need = set(wanted) | {c for v in _views(refs) if v in ODFV_INPUTS for c in ODFV_INPUTS[v]}
+    for view in _views(refs):
+        if view in ODFV_INPUTS: continue
+        path, key, ttl, feats = _view_meta(store, view); feats = [f for f in feats if f in need]
+        t = pd.read_parquet(path).sort_values(['event_timestamp', 'created']).drop_duplicates([key, 'event_timestamp'], keep='last')
+        t = t[[key, 'event_timestamp', *feats]].rename(columns={'event_timestamp': '_fts'})
+        j = pd.merge_asof(e[['_row', key, 'event_timestamp']], t, left_on='event_timestamp', right_on='_fts', by=key, direction='backward')
+        if ttl is not None: j.loc[j._fts < j.event_timestamp - ttl, feats] = np.nan
+        j = j.set_index('_row').sort_index()
+        for f in feats: out[f] = j[f].to_numpy()
+    for v in [v for v in _views(refs) if v in ODFV_INPUTS]:
+        for k, vals in transaction_context({c: out[c].tolist() for c in ODFV_INPUTS[v]}).items(): out[k] = vals
+    return finish(out[list(entity_df.columns) + wanted])
+
+# %% ../nbs/03a_pit.ipynb #2a4f4bf5
+def _peak_rss(fn):
+    "Run `fn`; return (result, peak resident memory above the start, in MB), sampled every 5 ms."
+    import threading, psutil
+    proc, peak, stop = psutil.Process(), [0], threading.Event()
+    base = proc.memory_info().rss
+    def watch():
+        while not stop.is_set(): peak[0] = max(peak[0], proc.memory_info().rss); stop.wait(0.005)
+    t = threading.Thread(target=watch, daemon=True); t.start()
+    try: res = fn()
+    finally: stop.set(); t.join()
+    return res, round(max(0, peak[0] - base) / 2**20, 1)
+
+# %% ../nbs/03a_pit.ipynb #0562cdb7
+def _timed(fn, repeat):
+    ts, res = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter(); res = fn(); ts.append(time.perf_counter() - t0)
+    return res, float(np.median(ts))
+
+def _online_latency(store, users:list[str], reps:int) -> dict:
+    "p50/p99 ms of `get_online_features` (all fraud features) for 1 and 100 entities, and of a direct SQLite read of the same rows."
+    import sqlite3
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+    rng, out = np.random.default_rng(0), {}
+    con = sqlite3.connect(store.config.online_store.path if Path(store.config.online_store.path).is_absolute() else str(Path(store.repo_path)/store.config.online_store.path))
+    table = f'{store.project}_user_spend'
+    for k in (1, 100):
+        lat, floor = [], []
+        for _ in range(reps):
+            who = rng.choice(users, k)
+            rows = [{'user_id': u, 'merchant_id': 1, 'device_id': f'{u}-0', 'amount': 50.0, 'request_ts': 1767600000} for u in who]
+            t0 = time.perf_counter(); store.get_online_features(features=FRAUD_REFS, entity_rows=rows).to_dict(); lat.append(time.perf_counter() - t0)
+            keys = [serialize_entity_key(EntityKey(join_keys=['user_id'], entity_values=[Value(string_val=u)]), 3) for u in who]
+            t0 = time.perf_counter()
+            for view in ('user_profile', 'user_spend', 'user_velocity', 'merchant_risk', 'device_fanout'):  # as many reads as views
+                con.execute(f'SELECT feature_name, value FROM "{table}" WHERE entity_key IN ({",".join("?" * len(keys))})', keys).fetchall()
+            floor.append(time.perf_counter() - t0)
+        ms = lambda xs, q: round(float(np.quantile(xs, q)) * 1000, 3)
+        out[k] = {'p50_ms': ms(lat, .5), 'p99_ms': ms(lat, .99), 'sqlite_floor_p50_ms': ms(floor, .5), 'sqlite_floor_p99_ms': ms(floor, .99)}
+    return out
+
+# %% ../nbs/03a_pit.ipynb #e4ae81bd
+def bench_features(quick:bool=False):
+    "Offline point-in-time paths side by side, and online latency; see the notebook for what is compared."
+    import tempfile
+    from mlsys.features import build_repo, feature_tables, materialize, open_store, FRAUD_FEATURES
+    from mlsys.world import read_table, simulate, write_lake
+    n_days, sizes, reps = (21, (2_000, 10_000), 30) if quick else (45, (10_000, 100_000), 300)
+    lake = Path(tempfile.mkdtemp())/'lake'; man = write_lake(simulate(seed=0, n_days=n_days), lake)
+    tables = feature_tables(lake); store = open_store(build_repo(lake.parent/'features', tables)); file_store = with_offline_store(store, 'file')
+    tx = read_table(lake, 'transactions'); results, t = [], {}
+    for n in sizes:
+        ents = fraud_entities(tx.sample(n, replace=n > len(tx), random_state=0))
+        ref_file, t_file = None, None
+        paths = {'feast file store': (lambda: file_store.get_historical_features(entity_df=ents.assign(_row=np.arange(n)), features=FRAUD_REFS).to_df(), 1),
+                 'feast duckdb store': (lambda: feast_training_set(store, ents), 1 if n >= 100_000 else 3),
+                 'mlsys duckdb asof': (lambda: fast_training_set(store, ents), 3),
+                 'pandas merge_asof': (lambda: pandas_training_set(store, ents), 3)}
+        for label, (fn, rep) in paths.items():
+            (res, secs), mem = _peak_rss(lambda: _timed(fn, rep))
+            if label == 'feast file store':
+                kept = res._row.to_numpy(); ref_file = finish(res.set_index('_row').loc[kept].reset_index(drop=True)); row = {'rows_returned': len(kept), 'equal_to_file_store': True}
+            else:
+                bad = sum(compare(res.iloc[kept], ref_file, FRAUD_FEATURES).values())
+                row = {'rows_returned': len(res), 'equal_to_file_store': bad == 0}
+            t[(label, n)] = secs
+            results.append({'label': label, 'entity_rows': n, 'median_s': round(secs, 4), 'peak_mb': mem, **row, 'repeat': rep})
+    materialize(store, pd.Timestamp(man['as_of']))
+    lat = _online_latency(store, tables['user_spend'].user_id.unique().tolist(), reps)
+    for k, v in lat.items(): results.append({'label': f'online get_online_features, {k} entities', 'entity_rows': k, **v, 'repeat': reps})
+    big = sizes[-1]
+    return results, {f'pit_speedup_vs_feast_file_{big // 1000}k': round(t[('feast file store', big)] / t[('mlsys duckdb asof', big)], 1),
+                     'pit_speedup_vs_feast_duckdb': round(t[('feast duckdb store', big)] / t[('mlsys duckdb asof', big)], 1),
+                     'online_p99_ms_1_entity': lat[1]['p99_ms'], 'online_p99_ms_100_entities': lat[100]['p99_ms']}

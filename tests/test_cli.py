@@ -14,7 +14,7 @@ def test_run_contract(ws):
     run_dir, rec = run_record(p)
     assert set(rec) >= {'run_id', 'status', 'failed_stage', 'reason', 'stages', 'lineage'}
     assert (rec['status'], rec['failed_stage'], rec['reason']) == ('succeeded', None, None)
-    assert [s['name'] for s in rec['stages']] == ['ingest', 'validate']
+    assert [s['name'] for s in rec['stages']] == ['ingest', 'validate', 'features']
     for s in rec['stages']:
         assert STAGE_KEYS <= set(s) and s['status'] == 'succeeded' and (run_dir/s['notebook']).exists()
     assert (ws/'runs'/'latest').resolve() == run_dir.resolve()
@@ -47,15 +47,19 @@ def test_fault_stops_at_validate(ws, fault, check):
     assert f'stage validate failed' in p.stderr
 
 
-def test_timezone_bug_passes_validation(ws):
+def test_timezone_bug_passes_validation_fails_parity(ws):
     "Invisible to distribution checks: the features stage's parity test is what catches it."
     p = mlsys('run', '--workspace', ws, *SMALL, '-p', 'fault', 'timezone_bug')
-    assert p.returncode == 0, p.stderr
+    run_dir, rec = run_record(p)
+    assert p.returncode == 1 and rec['failed_stage'] == 'features', p.stderr
+    assert [s['status'] for s in rec['stages']] == ['succeeded', 'succeeded', 'failed']
+    assert rec['reason'].startswith('ParityError') and 'local_hour' in rec['reason']
+    assert not (ws/'features'/'current').exists()   # the failed build never went into service
 
 
 def test_slice_and_job(ws):
     assert mlsys('run', '--workspace', ws, '--to', 'ingest', *SMALL).returncode == 0
-    p = mlsys('run', '--workspace', ws, '--from', 'validate')
+    p = mlsys('run', '--workspace', ws, '--from', 'validate', '--to', 'validate')
     assert p.returncode == 0, p.stderr
     assert [s['name'] for s in run_record(p)[1]['stages']] == ['validate']
     p = mlsys('job', 'validate', '--workspace', ws, '-p', 'window_days', '2')
