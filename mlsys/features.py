@@ -30,6 +30,10 @@ def _grid(keys:np.ndarray, days:np.ndarray, values:np.ndarray, n_keys:int, n_day
     g = np.zeros((n_keys, n_days)); ok = (days >= 0) & (days < n_days)
     np.add.at(g, (keys[ok], days[ok]), values[ok]); return g
 
+def _first_day(keys:np.ndarray, days:np.ndarray, n_keys:int, n_days:int) -> np.ndarray:
+    "First day each key was seen (`n_days` for never)."
+    first = np.full(n_keys, n_days); np.minimum.at(first, keys, days); return first
+
 def _window(g:np.ndarray, w:int) -> np.ndarray:
     "Sum over the last `w` days, for every day (a trailing window including the day itself)."
     cs = np.cumsum(g, axis=1); out = cs.copy(); out[:, w:] -= cs[:, :-w]; return out
@@ -54,7 +58,7 @@ def user_spend_table(tx:pd.DataFrame, labels:pd.DataFrame, start:pd.Timestamp, n
     cb = np.cumsum(_grid(fu[live], fav[live], np.ones(live.sum()), len(users), n_days) -
                    _grid(fu[live], ftx[live] + 90, np.ones(live.sum()), len(users), n_days), axis=1)
     avg = lambda w: np.divide(s[w], c[w], out=np.full_like(s[w], np.nan), where=c[w] > 0)
-    first = np.full(len(users), n_days); np.minimum.at(first, u, day)
+    first = _first_day(u, day, len(users), n_days)
     return _snapshots('user_id', users, start, {'user_spend_7d': s[7], 'user_tx_count_7d': c[7], 'user_avg_amount_30d': avg(30),
         'user_avg_amount_90d': avg(90), 'user_tx_count_90d': c[90], 'user_chargebacks_90d': cb}, first)
 
@@ -67,7 +71,7 @@ def merchant_risk_table(tx:pd.DataFrame, labels:pd.DataFrame, start:pd.Timestamp
     lm, fraud = ms.get_indexer(lab.merchant_id), lab.is_fraud.to_numpy(float)
     g_lab, g_fr = _grid(lm, known, np.ones(len(lab)), len(ms), n_days), _grid(lm, known, fraud, len(ms), n_days)
     n_lab, n_fr = np.cumsum(g_lab, axis=1), np.cumsum(g_fr, axis=1)
-    first = np.full(len(ms), n_days); np.minimum.at(first, m, day)
+    first = _first_day(m, day, len(ms), n_days)
     return _snapshots('merchant_id', ms, start, {'merchant_fraud_rate': np.divide(n_fr, n_lab, out=np.zeros_like(n_fr), where=n_lab > 0),
         'merchant_labels_7d': _window(g_lab, 7), 'merchant_tx_count_30d': _window(_grid(m, day, np.ones(len(tx)), len(ms), n_days), 30)}, first)
 
@@ -84,7 +88,7 @@ def _distinct_30d(dev:np.ndarray, other:np.ndarray, day:np.ndarray, n_dev:int, n
 def device_fanout_table(tx:pd.DataFrame, start:pd.Timestamp, n_days:int) -> pd.DataFrame:
     "Daily device snapshots: distinct users and IPs seen with the device over 30 days."
     devs = pd.Index(np.sort(tx.device_id.unique())); d = devs.get_indexer(tx.device_id); day = _day_index(tx.ts, start)
-    first = np.full(len(devs), n_days); np.minimum.at(first, d, day)
+    first = _first_day(d, day, len(devs), n_days)
     codes = lambda s: pd.factorize(s)[0]
     return _snapshots('device_id', devs, start, {'device_users_30d': _distinct_30d(d, codes(tx.user_id), day, len(devs), n_days),
         'device_ips_30d': _distinct_30d(d, codes(tx.ip), day, len(devs), n_days)}, first)
@@ -115,7 +119,7 @@ def item_popularity_table(inter:pd.DataFrame, start:pd.Timestamp, n_days:int) ->
     cnt = lambda e: _window(_grid(i, day, (inter.event == e).to_numpy(float), len(items), n_days), 7)
     wf = _window(_grid(i, day, inter.watch_fraction.fillna(0).to_numpy(), len(items), n_days), 7)
     views, clicks, watches = cnt('view'), cnt('click'), cnt('watch')
-    first = np.full(len(items), n_days); np.minimum.at(first, i, day)
+    first = _first_day(i, day, len(items), n_days)
     div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
     return _snapshots('item_id', items, start, {'item_views_7d': views, 'item_ctr_7d': div(clicks, views), 'item_watch_fraction_7d': div(wf, watches)}, first)
 
@@ -179,11 +183,11 @@ def transaction_context(inputs:dict) -> dict:
     "Request-time features: `amount_to_avg_30d` (NaN without an average) and `local_hour` in the home time zone (-1 when unknown)."
     from datetime import datetime, timezone
     from zoneinfo import ZoneInfo
-    ratio, hour = [], []
+    ratio, hour, zones = [], [], {}   # ZoneInfo's own cache holds 8 zones; ours holds every zone seen in this call
     for amount, avg, ts, tz in zip(inputs['amount'], inputs['user_avg_amount_30d'], inputs['request_ts'], inputs['timezone']):
         ok = avg is not None and avg == avg and avg > 0 and amount is not None
         ratio.append(float(amount) / float(avg) if ok else float('nan'))
-        try: hour.append(datetime.fromtimestamp(int(ts), timezone.utc).astimezone(ZoneInfo(tz)).hour)
+        try: hour.append(datetime.fromtimestamp(int(ts), timezone.utc).astimezone(zones.get(tz) or zones.setdefault(tz, ZoneInfo(tz))).hour)
         except Exception: hour.append(-1)
     return {'amount_to_avg_30d': ratio, 'local_hour': hour}
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 
 from .config import get_logger
-from .features import FRAUD_REFS, SPECS, FeatureDefinitionError, finish, request_rows, transaction_context
+from .features import FRAUD_REFS, SPECS, FeatureDefinitionError, check_refs, finish, request_rows, transaction_context
 
 # %% auto #0
-__all__ = ['READ_BEFORE', 'ODFV_INPUTS', 'check_entity_df', 'fraud_entities', 'feast_training_set', 'fast_training_set',
+__all__ = ['READ_BEFORE', 'ODFV_INPUTS', 'ODFVS', 'check_entity_df', 'fraud_entities', 'feast_training_set', 'fast_training_set',
            'with_offline_store', 'compare', 'naive_training_set', 'pandas_training_set', 'bench_features']
 
 # %% ../nbs/03a_pit.ipynb #2e6cc357
@@ -37,7 +37,7 @@ def _views(refs:list[str]) -> list[str]:
 
 def feast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
     "Point-in-time features for `entity_df` through Feast's `get_historical_features`, in input order."
-    check_entity_df(entity_df)
+    check_entity_df(entity_df); check_refs(store, refs)
     e = entity_df.assign(_row=np.arange(len(entity_df)))
     df = store.get_historical_features(entity_df=e, features=refs).to_df()
     df = df.sort_values('_row').set_index('_row').reindex(np.arange(len(e)))
@@ -63,16 +63,21 @@ def _asof(con, view:str, path:str, key:str, ttl, feats:list[str]) -> pd.DataFram
 
 # %% ../nbs/03a_pit.ipynb #7295474e
 ODFV_INPUTS = {'transaction_context': ('amount', 'user_avg_amount_30d', 'request_ts', 'timezone')}
+ODFVS = {'transaction_context': transaction_context}
+
+def _on_demand(out:pd.DataFrame, refs:list[str]):
+    "Add the outputs of the on-demand views in `refs` to `out`, computed by the functions registered with Feast."
+    for v in [v for v in _views(refs) if v in ODFVS]:
+        for k, vals in ODFVS[v]({c: out[c].tolist() for c in ODFV_INPUTS[v]}).items(): out[k] = vals
 
 def fast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS, raw:bool=False) -> pd.DataFrame:
     "Point-in-time features for `entity_df` with Feast's semantics, as DuckDB ASOF joins; input order kept (`raw`: skip `finish`)."
     import duckdb
-    check_entity_df(entity_df)
+    check_entity_df(entity_df); check_refs(store, refs)
     e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df)))
     con = duckdb.connect(); con.execute("SET TimeZone='UTC'"); con.register('e', e)
     out, wanted = e.copy(), [r.split(':')[1] for r in refs]
-    odfvs = [v for v in _views(refs) if v in ODFV_INPUTS]
-    need = set(wanted) | {c for v in odfvs for c in ODFV_INPUTS[v]}
+    need = set(wanted) | {c for v in _views(refs) if v in ODFV_INPUTS for c in ODFV_INPUTS[v]}
     for view in _views(refs):
         if view in ODFV_INPUTS: continue
         path, key, ttl, feats = _view_meta(store, view)
@@ -80,9 +85,7 @@ def fast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS, 
         j = _asof(con, view, path, key, ttl, feats)
         if ttl is not None: j.loc[j._fts < e.event_timestamp - ttl, feats] = np.nan
         for f in feats: out[f] = j[f].to_numpy()
-    for v in odfvs:
-        res = transaction_context({c: out[c].tolist() for c in ODFV_INPUTS[v]})
-        for k, vals in res.items(): out[k] = np.array(vals, dtype=float if k == 'amount_to_avg_30d' else 'int64')
+    _on_demand(out, refs)
     out = out.drop(columns='_row')[list(entity_df.columns) + wanted]
     return out if raw else finish(out)
 
@@ -117,14 +120,13 @@ def naive_training_set(tables:dict[str, pd.DataFrame], entity_df:pd.DataFrame, a
         s, t = SPECS[v], tables[v]
         last = t[t.event_timestamp <= at].sort_values(['event_timestamp', 'created']).groupby(s.key).tail(1)
         out = out.join(last.set_index(s.key)[list(s.features)], on=s.key)
-    res = transaction_context({c: out[c].tolist() for c in ODFV_INPUTS['transaction_context']})
-    for k, vals in res.items(): out[k] = vals
+    _on_demand(out, FRAUD_REFS)
     return finish(out)
 
 # %% ../nbs/03a_pit.ipynb #ed3c2fec
 def pandas_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
     "Point-in-time features for `entity_df` with pandas `merge_asof`, Feast's semantics; input order kept."
-    check_entity_df(entity_df)
+    check_entity_df(entity_df); check_refs(store, refs)
     e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df))).sort_values('event_timestamp', kind='stable')
     out, wanted = entity_df.reset_index(drop=True).copy(), [r.split(':')[1] for r in refs]
     need = set(wanted) | {c for v in _views(refs) if v in ODFV_INPUTS for c in ODFV_INPUTS[v]}
@@ -137,8 +139,7 @@ def pandas_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS
         if ttl is not None: j.loc[j._fts < j.event_timestamp - ttl, feats] = np.nan
         j = j.set_index('_row').sort_index()
         for f in feats: out[f] = j[f].to_numpy()
-    for v in [v for v in _views(refs) if v in ODFV_INPUTS]:
-        for k, vals in transaction_context({c: out[c].tolist() for c in ODFV_INPUTS[v]}).items(): out[k] = vals
+    _on_demand(out, refs)
     return finish(out[list(entity_df.columns) + wanted])
 
 # %% ../nbs/03a_pit.ipynb #2a4f4bf5
