@@ -105,3 +105,13 @@ def test_info_and_bench(ws):
     assert p.returncode == 0, p.stderr
     rec = json.loads((ws/'bench'/'ingest.json').read_text())
     assert {'name', 'machine', 'results', 'ratios'} <= set(rec) and rec['ratios']['partition_pruned_read_speedup'] > 0
+
+
+def test_bench_features_quick(ws):
+    p = mlsys('bench', 'features', '--quick', '--workspace', ws)
+    assert p.returncode == 0, p.stderr
+    rec = json.loads((ws/'bench'/'features.json').read_text())
+    assert {'pit_speedup_vs_feast_file_10k', 'online_p99_ms_1_entity'} <= set(rec['ratios'])
+    offline = [r for r in rec['results'] if 'equal_to_file_store' in r]
+    assert len(offline) == 8 and all(r['equal_to_file_store'] for r in offline)
+    assert all(r['rows_returned'] == r['entity_rows'] for r in offline if r['label'] != 'feast file store')
