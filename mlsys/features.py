@@ -303,8 +303,9 @@ STORED = [f for v in FRAUD_VIEWS if not SPECS[v].push for f in SPECS[v].features
 def finish(df:pd.DataFrame) -> pd.DataFrame:
     "Shared post-processing of both paths: zero missing velocity counters and flag rows with missing stored features."
     df = df.copy()
-    for f in SPECS['user_velocity'].features: df[f] = df[f].fillna(0).astype('int64')
-    df['missing'] = df[STORED].isna().any(axis=1)
+    for f in SPECS['user_velocity'].features:
+        if f in df: df[f] = df[f].fillna(0).astype('int64')
+    df['missing'] = df[[c for c in STORED if c in df]].isna().any(axis=1)
     return df
 
 # %% ../nbs/03_features.ipynb #e1bf8c0d
@@ -320,7 +321,7 @@ def request_rows(req:pd.DataFrame) -> pd.DataFrame:
     "Entity keys and request fields (`amount`, `request_ts` in Unix seconds: the stamped time, else `ts`) of transactions."
     stamp = req['request_ts'] if 'request_ts' in req else req.ts
     return pd.DataFrame({'user_id': req.user_id.astype(str), 'merchant_id': req.merchant_id.astype('int64'), 'device_id': req.device_id.astype(str),
-                         'amount': req.amount.astype(float), 'request_ts': (stamp.astype('int64') // 10**9).astype('int64')})
+                         'amount': req.amount.astype(float), 'request_ts': ((stamp - pd.Timestamp(0, tz='UTC')) // pd.Timedelta(seconds=1)).astype('int64')})
 
 def online_features(store, req:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
     "Features for requests `req` (keys, `amount`, `ts`) from the online store, in request order, with `missing`."
@@ -342,7 +343,7 @@ def replay_online(store, req:pd.DataFrame, velocity:pd.DataFrame, read_before=pd
     from feast.data_source import PushMode
     order = req.index; req = req.sort_values('ts', kind='stable'); parts = []
     vel = velocity.sort_values('event_timestamp')
-    for day, r in req.groupby(req.ts.dt.floor('D'), sort=True):
+    for day, r in req.groupby((req.ts - read_before).dt.floor('D'), sort=True):   # the day of the moment features are read
         materialize(store, day + pd.Timedelta(seconds=1))
         for _, c in r.groupby(_chunks(r.user_id.to_numpy()), sort=True):
             q = c[['user_id']].assign(event_timestamp=c.ts - read_before).sort_values('event_timestamp')

@@ -17,8 +17,8 @@ from .validate import PSI_WARN, psi
 from .world import serving_requests
 
 # %% auto #0
-__all__ = ['SKEW_SLO', 'ParityError', 'ParityReport', 'parity_check', 'parity_gate', 'SkewError', 'skew_report', 'skew_gate',
-           'plot_skew']
+__all__ = ['SKEW_SLO', 'NULL_SLACK', 'ParityError', 'ParityReport', 'parity_check', 'parity_gate', 'SkewError', 'skew_report',
+           'skew_gate', 'plot_skew']
 
 # %% ../nbs/03b_parity.ipynb #f2b09642
 class ParityError(AssertionError):
@@ -52,14 +52,16 @@ def parity_check(store, tx:pd.DataFrame, users:pd.DataFrame, manifest:dict, velo
     diff = np.nanmax(np.abs(offline[num].astype(float).to_numpy() - online[num].astype(float).to_numpy()), initial=0.0)
     return ParityReport(len(sample), mism, float(diff), offline, online)
 
-def parity_gate(rep:ParityReport):
-    "Raise `ParityError` naming every feature on which the paths disagree."
+def parity_gate(rep:ParityReport, min_pairs:int=1000):
+    "Raise `ParityError` naming every feature on which the paths disagree, or when fewer than `min_pairs` were compared."
+    if rep.pairs < min_pairs: raise ParityError(f'only {rep.pairs} pairs compared; parity needs at least {min_pairs} (more days, or a bigger world)')
     if not rep.passed:
         bad = ', '.join(f'{k} ({v} rows)' for k, v in rep.mismatches.items() if v)
         raise ParityError(f'training-serving parity failed on {rep.pairs} pairs: {bad}; max abs diff {rep.max_abs_diff:.6g}')
 
 # %% ../nbs/03b_parity.ipynb #b4c94506
 SKEW_SLO = 0.1
+NULL_SLACK = 0.05   # served values may be missing this much more often than in training, no more
 
 class SkewError(AssertionError):
     "Served feature distributions drifted from training beyond the SLO; the message names the features."
@@ -67,16 +69,19 @@ class SkewError(AssertionError):
 def skew_report(train:pd.DataFrame, served:pd.DataFrame, features:list[str]=FRAUD_FEATURES, threshold:float=SKEW_SLO,
                 history_days:float|None=None) -> pd.DataFrame: # history before the reference window (None: enough for all)
     "PSI of each feature, training vs served: pass, fail against `threshold`, or warming up."
-    rows = [{'feature': f, 'psi': round(psi(train[f], served[f]), 4)} for f in features]
+    rows = [{'feature': f, 'psi': round(psi(train[f], served[f]), 4), 'null_train': round(float(train[f].isna().mean()), 4),
+             'null_served': round(float(served[f].isna().mean()), 4)} for f in features]
     df = pd.DataFrame(rows).set_index('feature')
     warm = np.array([history_days is not None and WARMUP_DAYS.get(f, 0) > history_days for f in df.index])
-    df['status'] = np.where(warm, 'warming up', np.where(df.psi > threshold, 'fail', 'pass'))
+    bad = ~(df.psi <= threshold) | (df.null_served - df.null_train > NULL_SLACK)   # NaN PSI (nothing served) fails too
+    df['status'] = np.where(warm, 'warming up', np.where(bad, 'fail', 'pass'))
     return df
 
 def skew_gate(report:pd.DataFrame, threshold:float=SKEW_SLO):
     "Raise `SkewError` naming every feature whose PSI is above `threshold`."
     bad = report[report.status == 'fail']
-    if len(bad): raise SkewError(f'training-serving skew above PSI {threshold}: ' + ', '.join(f'{f} ({p:.3f})' for f, p in bad.psi.items()))
+    if len(bad): raise SkewError(f'training-serving skew above PSI {threshold} or missing values: ' +
+                                 ', '.join(f'{f} (PSI {r.psi:.3f}, missing {r.null_served:.0%} served vs {r.null_train:.0%} training)' for f, r in bad.iterrows()))
 
 def plot_skew(report:pd.DataFrame, threshold:float=SKEW_SLO, path:str|Path|None=None):
     "Bar chart of PSI per feature with the SLO line; saved to `path` when given."

@@ -104,7 +104,7 @@ def _execute(name:str, params:dict, run_dir:Path) -> StageResult:
     except Exception as e: reason = _one_line(f'{type(e).__name__}: {e}')
     finally:
         if part.exists(): os.replace(part, out)
-    rec = json.loads((run_dir/'stages'/f'{name}.json').read_text()) if not reason and (run_dir/'stages'/f'{name}.json').exists() else {}
+    rec = json.loads((run_dir/'stages'/f'{name}.json').read_text()) if (run_dir/'stages'/f'{name}.json').exists() else {}   # kept on failure too
     if not reason and not rec: reason = f'job {name} finished without recording its output (stage_output was not called)'
     return StageResult(name, 'failed' if reason else 'succeeded', started, _now(), round(time.perf_counter() - t0, 2),
                        str(out.relative_to(run_dir)), rec.get('artifacts', {}), rec.get('metrics', {}), reason, rec.get('data_hashes', {}))
@@ -135,11 +135,12 @@ class RunResult:
     def ok(self) -> bool: return self.record['status'] == 'succeeded'
 
 # %% ../nbs/16_pipeline.ipynb #1b10045c
-def _record(run_id, results, settings, params):
+def _record(run_id, results, settings, params, running:str|None=None):
+    "The run.json content; while `running` names a stage, the record says the run was interrupted there until it finishes."
     failed = next((r for r in results if r.status == 'failed'), None)
+    stage, reason = (failed.name, failed.reason) if failed else (running, f'interrupted during {running}') if running else (None, None)
     hashes = {k: v for r in results for k, v in r.data_hashes.items()}
-    return {'run_id': run_id, 'status': 'failed' if failed else 'succeeded', 'failed_stage': failed and failed.name,
-            'reason': failed and failed.reason,
+    return {'run_id': run_id, 'status': 'failed' if stage else 'succeeded', 'failed_stage': stage, 'reason': reason,
             'stages': [{k: v for k, v in vars(r).items() if k not in ('reason', 'data_hashes')} | ({'reason': r.reason} if r.reason else {}) for r in results],
             'lineage': lineage({**settings.model_dump(mode='json'), 'params': params}, hashes)}
 
@@ -150,13 +151,16 @@ def run(settings:Settings|None=None, params:dict|None=None, from_stage:str|None=
     names = stages or select_stages(from_stage, to_stage)
     declared = {n: job_parameters(n) for n in names}
     check_params(params, declared)
+    delivered = {k: v for k, v in params.items() if any(k in d for d in declared.values())}
+    for k in sorted(set(params) - set(delivered)): log.warning('parameter %s is declared by none of the stages %s: ignored', k, ', '.join(names))
     ws = settings.workspace.ensure(); run_dir = new_run_dir(ws); results = []
     base = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale}
     for i, name in enumerate(names, 1):
         p = {k: v for k, v in {**base, **params}.items() if k in declared[name]}
         log.info('[%d/%d] %s ...', i, len(names), name)
+        write_json(run_dir/'run.json', _record(run_dir.name, results, settings, delivered, running=name))   # a killed runner leaves this
         r = _execute(name, p, run_dir); results.append(r)
-        write_json(run_dir/'run.json', _record(run_dir.name, results, settings, params))
+        write_json(run_dir/'run.json', _record(run_dir.name, results, settings, delivered))
         log.info('[%d/%d] %s %s in %.1fs%s', i, len(names), name, r.status, r.seconds, f': {r.reason}' if r.reason else '')
         if r.status == 'failed': break
     return RunResult(run_dir, json.loads((run_dir/'run.json').read_text()))

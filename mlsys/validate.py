@@ -133,8 +133,8 @@ def psi_checks(ref:pd.DataFrame, cur:pd.DataFrame, c:Contract, warn=PSI_WARN, fa
         get = DERIVED.get(col, lambda d: d[col])
         try: v = psi(get(ref), get(cur))
         except (KeyError, AttributeError): continue   # a missing column is the schema's finding
-        status = 'fail' if v >= fail else 'warn' if v >= warn else 'pass'
-        out.append(CheckResult(c.table, 'psi', col, status, round(v, 4), f'< {warn} (fail at {fail})'))
+        status = 'fail' if not v < fail else 'warn' if v >= warn else 'pass'   # NaN (no values on a side) fails
+        out.append(CheckResult(c.table, 'psi', col, status, round(v, 4) if v == v else 'no values', f'< {warn} (fail at {fail})'))
     return out
 
 # %% ../nbs/02_validate.ipynb #3f211339
@@ -155,7 +155,8 @@ class ValidationReport:
 def validate_lake(lake:str|Path, window_days:int=3, reference_days:int=14, as_of:str|None=None,
                   contracts:dict[str, Contract]=CONTRACTS) -> ValidationReport:
     "Check every table of `lake` against its contract."
-    as_of = pd.Timestamp(as_of or read_manifest(lake)['as_of'])
+    as_of = pd.Timestamp(str(as_of or read_manifest(lake)['as_of']))
+    if as_of.tzinfo is None: as_of = as_of.tz_localize('UTC')   # a bare date or time is read as UTC
     res, window = [], {}
     for name, c in contracts.items():
         if name not in EVENT_TABLES:

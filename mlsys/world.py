@@ -343,6 +343,11 @@ def write_lake(w:World, lake:str|Path) -> dict:
     cfg, man = w.config, dict(w.manifest)
     as_of = pd.Timestamp(man['as_of']); start = pd.Timestamp(man['start'], tz='UTC')
     rng = np.random.default_rng([cfg.seed, 7])
+    try: return _land(w, cfg, man, tmp, lake, as_of, start, rng)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+
+def _land(w, cfg, man, tmp, lake, as_of, start, rng) -> dict:
     fault = {'name': cfg.fault, 'table': 'serving' if cfg.fault == 'timezone_bug' else 'transactions', 'from_day': cfg.first_fault_day,
              'from_date': str((start + pd.Timedelta(days=cfg.first_fault_day)).date()), 'rows_affected': 0, 'partitions': []} if cfg.fault else None
     for name, df in progress(w.tables().items(), 'landing tables', total=len(w.TABLES)):
@@ -355,6 +360,8 @@ def write_lake(w:World, lake:str|Path) -> dict:
                 if part is None: continue
             _write_parquet(part, tmp/name/f'day={day}'/'part-0.parquet')
     man['fault'] = fault
+    man['world_tables'] = man.pop('tables')   # what the simulator drew; 'tables' is what landed, as read back
+    man['tables'] = {t: {'rows': len(d), 'hash': frame_hash(d)} for t in w.TABLES for d in [read_table(tmp, t)]}
     write_json(tmp/'_manifest.json', man)
     _swap_in(tmp, lake)
     return man
