@@ -20,7 +20,7 @@ from .config import atomic_write
 
 # %% auto #0
 __all__ = ['CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'Preprocessor', 'FraudDataModule',
-           'TabularClassifier', 'make_trainer']
+           'TabularClassifier', 'make_trainer', 'wandb_logger', 'log_checkpoint']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -133,9 +133,10 @@ class TabularClassifier(L.LightningModule):
 # %% ../nbs/04_train.ipynb #46300938
 def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_nodes:int=1, precision:str|None=None,
                  accumulate:int=1, clip:float=1.0, patience:int=3, ckpt_dir:str|Path|None=None, logger=False,
-                 seed:int=0, deterministic:bool=True, progress:bool=False, **kwargs) -> L.Trainer:
+                 seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None, group:str|None=None, **kwargs) -> L.Trainer:
     "A Lightning `Trainer` configured for this project; see the text above for the choices."
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    if logger == 'wandb': logger = wandb_logger(tracking_dir or 'workspace/tracking', group=group)
     L.seed_everything(seed, workers=True, verbose=False)
     gpu = accelerator in ('auto', 'gpu', 'cuda') and torch.cuda.is_available()
     n = (torch.cuda.device_count() if gpu else 1) if devices == 'auto' else (devices if isinstance(devices, int) else len(devices))
@@ -145,3 +146,20 @@ def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_
                      strategy='ddp' if n * num_nodes > 1 else 'auto', precision=precision or ('bf16-mixed' if gpu else '32-true'),
                      accumulate_grad_batches=accumulate, gradient_clip_val=clip, callbacks=cbs, logger=logger, deterministic=deterministic,
                      enable_progress_bar=progress, enable_model_summary=False, default_root_dir=ckpt_dir, **kwargs)
+
+# %% ../nbs/04_train.ipynb #1543fed6
+def wandb_logger(save_dir:str|Path, project:str='mlsys', group:str|None=None):
+    "A `WandbLogger` under `save_dir`: online only with a configured API key, offline otherwise."
+    import os
+    from lightning.pytorch.loggers import WandbLogger
+    online = bool(os.environ.get('WANDB_API_KEY')) and os.environ.get('WANDB_MODE') != 'offline'
+    os.environ.setdefault('WANDB_SILENT', 'true'); Path(save_dir).mkdir(parents=True, exist_ok=True)
+    return WandbLogger(project=project, save_dir=str(save_dir), offline=not online, group=group)
+
+def log_checkpoint(trainer:L.Trainer, name:str='fraud-mlp'):
+    "Log the best checkpoint as a W&B model artifact (stored locally by an offline run, uploaded by `wandb sync`)."
+    import wandb
+    best = getattr(trainer.checkpoint_callback, 'best_model_path', '')
+    if not best or not hasattr(trainer.logger, 'experiment'): return None
+    art = wandb.Artifact(name, type='model', metadata={'val_auprc': float(trainer.checkpoint_callback.best_model_score or 0)})
+    art.add_file(best); trainer.logger.experiment.log_artifact(art); return art
