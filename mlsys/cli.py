@@ -5,7 +5,6 @@
 # %% ../nbs/17_cli.ipynb #a8ff519d
 from __future__ import annotations
 import argparse, json, os, platform, sys
-from pathlib import Path
 
 from .config import SettingsError, load_settings, package_versions
 from .pipeline import STAGES, UsageError, parse_value, run

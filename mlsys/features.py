@@ -5,6 +5,7 @@
 # %% ../nbs/03_features.ipynb #e725502a
 from __future__ import annotations
 import os, shutil
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -136,8 +137,6 @@ def feature_tables(lake:str|Path, respect_label_time:bool=True) -> dict[str, pd.
             'item_popularity': item_popularity_table(read_table(lake, 'interactions'), start, n_days)}
 
 # %% ../nbs/03_features.ipynb #707e2f97
-from dataclasses import dataclass
-
 OWNER = 'fraud-features@mlsys.dev'
 
 @dataclass(frozen=True)

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import atomic_write, get_logger, write_json
 from .features import FRAUD_FEATURES, WARMUP_DAYS, replay_online
 from .pit import compare, fast_training_set, fraud_entities
-from .validate import PSI_WARN, psi
+from .validate import psi
 from .world import serving_requests
 
 # %% auto #0

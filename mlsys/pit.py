@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import get_logger
 from .features import FRAUD_REFS, SPECS, FeatureDefinitionError, check_refs, finish, request_rows, transaction_context
 
 # %% auto #0
@@ -198,7 +197,7 @@ def bench_features(quick:bool=False):
     tx = read_table(lake, 'transactions'); results, t = [], {}
     for n in sizes:
         ents = fraud_entities(tx.sample(n, replace=n > len(tx), random_state=0))
-        ref_file, t_file = None, None
+        ref_file = None
         paths = {'feast file store': (lambda: file_store.get_historical_features(entity_df=ents.assign(_row=np.arange(n)), features=FRAUD_REFS).to_df(), 1),
                  'feast duckdb store': (lambda: feast_training_set(store, ents), 1 if n >= 100_000 else 3),
                  'mlsys duckdb asof': (lambda: fast_training_set(store, ents), 3),

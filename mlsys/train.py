@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f2194508
 from __future__ import annotations
-import json, math, time
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 

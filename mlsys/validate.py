@@ -4,7 +4,6 @@
 
 # %% ../nbs/02_validate.ipynb #4496747b
 from __future__ import annotations
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.pandas import Check, Column, DataFrameSchema
 
-from .config import atomic_write, get_logger, write_json
+from .config import atomic_write, write_json
 from .world import CATEGORIES, CHANNELS, COUNTRIES, DEVICES, EVENT_TABLES, GENRES, AGE_BUCKETS, partitions, read_manifest, read_table
 
 # %% auto #0
