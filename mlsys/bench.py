@@ -40,7 +40,7 @@ def measure(fn:Callable, repeat:int=5, warmup:int=1) -> dict:
 
 # %% ../nbs/18_bench.ipynb #522c4dea
 BENCHES: dict[str, Callable] = {}
-BENCH_MODULES = {'features': 'mlsys.pit:bench_features'}  # benchmarks that live with their stage, imported when asked for
+BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train'}  # benchmarks that live with their stage, imported when asked for
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."
@@ -56,12 +56,14 @@ def _lookup(name:str) -> Callable:
         mod, fn = BENCH_MODULES[name].split(':'); return getattr(importlib.import_module(mod), fn)
     raise KeyError(f'unknown benchmark {name!r}; benchmarks: {", ".join(bench_names())}')
 
-def run_bench(name:str, ws:Workspace|None=None, quick:bool=False, threads:int|None=None) -> dict:
-    "Run benchmark `name`, write `bench/<name>.json` in `ws` and return the record."
+def run_bench(name:str, ws:Workspace|None=None, quick:bool=False, threads:int|None=None, device:str|None=None) -> dict:
+    "Run benchmark `name` (on `device`, for benchmarks that take one), write `bench/<name>.json` in `ws` and return the record."
+    import inspect
     fn = _lookup(name)
+    if device and 'device' not in inspect.signature(fn).parameters: raise ValueError(f'benchmark {name!r} runs on the CPU only; it takes no device ({device!r})')
     if threads: pin_threads(threads)
-    results, ratios = fn(quick)
-    rec = {'name': name, 'machine': machine_info(), 'quick': quick, 'results': results, 'ratios': ratios}
+    results, ratios = fn(quick, **({'device': device} if device else {}))
+    rec = {'name': name, 'machine': machine_info(), 'quick': quick, 'device': device or 'cpu', 'results': results, 'ratios': ratios}
     write_json((ws or Workspace()).ensure().bench/f'{name}.json', rec)
     return rec
 

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser('bench', parents=[common], help='run a benchmark, print a table, write JSON')
     b.add_argument('name', help="a benchmark name, or 'all'"); b.add_argument('--quick', action='store_true', help='smaller data, fewer repeats')
     b.add_argument('--threads', type=int, default=1, help='threads for BLAS/OpenMP/torch (default 1)')
+    b.add_argument('--device', help="for benchmarks that take one, e.g. 'cuda' (`mlsys bench train --device cuda`)")
     sub.add_parser('info', parents=[common], help='versions, devices, workspace')
     return p
 
@@ -50,7 +51,10 @@ def _bench(args, settings) -> int:
     from mlsys.bench import bench_names, format_table, run_bench
     names = bench_names() if args.name == 'all' else [args.name]
     if any(n not in bench_names() for n in names): raise UsageError(f'unknown benchmark {args.name!r}; benchmarks: all, {", ".join(bench_names())}')
-    for n in names: print(format_table(run_bench(n, settings.workspace, args.quick, args.threads)), end='\n\n')
+    for n in names:
+        try: rec = run_bench(n, settings.workspace, args.quick, args.threads, args.device)
+        except ValueError as e: raise UsageError(str(e)) from e
+        print(format_table(rec), end='\n\n')
     print(settings.workspace.bench)
     return 0
 

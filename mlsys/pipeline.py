@@ -13,11 +13,13 @@ import yaml
 from .config import Settings, Workspace, get_logger, lineage, write_json
 
 # %% auto #0
-__all__ = ['STAGES', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'jobs_dir', 'job_parameters', 'parse_value', 'new_run_dir',
-           'stage_output', 'stage_dir', 'StageResult', 'select_stages', 'check_params', 'RunResult', 'run']
+__all__ = ['STAGES', 'OPTIONAL', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'jobs_dir', 'job_parameters', 'parse_value',
+           'new_run_dir', 'stage_output', 'stage_dir', 'StageResult', 'select_stages', 'check_params', 'RunResult',
+           'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
-STAGES = ('ingest', 'validate', 'features')
+STAGES = ('ingest', 'validate', 'features', 'tune', 'train')
+OPTIONAL = {'tune': 'tune'}  # stage -> the -p switch that turns it on
 GLOBAL_PARAMS = ('seed', 'scale', 'fault')  # understood by every run, whichever stages it covers
 RESERVED = {'run_dir': 'the runner', 'workspace': '--workspace'}  # parameters the runner sets itself
 
@@ -148,10 +150,11 @@ def run(settings:Settings|None=None, params:dict|None=None, from_stage:str|None=
         stages:list[str]|None=None, log=None) -> RunResult:
     "Run the pipeline's stages (or `stages`) in order; stop at the first failure."
     settings, params, log = settings or Settings(), dict(params or {}), log or get_logger('mlsys.run')
-    names = stages or select_stages(from_stage, to_stage)
+    switches = {k: bool(params.pop(k)) for k in set(OPTIONAL.values()) & set(params)}
+    names = stages or [n for n in select_stages(from_stage, to_stage) if switches.get(OPTIONAL.get(n), n not in OPTIONAL)]
     declared = {n: job_parameters(n) for n in names}
     check_params(params, declared)
-    delivered = {k: v for k, v in params.items() if any(k in d for d in declared.values())}
+    delivered = {k: v for k, v in params.items() if any(k in d for d in declared.values())} | switches
     for k in sorted(set(params) - set(delivered)): log.warning('parameter %s is declared by none of the stages %s: ignored', k, ', '.join(names))
     ws = settings.workspace.ensure(); run_dir = new_run_dir(ws); results = []
     base = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale}

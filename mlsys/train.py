@@ -19,8 +19,10 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'Preprocessor', 'FraudDataModule',
-           'TabularClassifier', 'make_trainer', 'wandb_logger', 'log_checkpoint']
+__all__ = ['CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'Preprocessor', 'EpochShuffle', 'FraudDataModule',
+           'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint', 'CheckpointError',
+           'check_checkpoint', 'check_checkpoint_state', 'fit', 'save_model', 'load_model', 'numeric_features',
+           'training_set', 'bench_train']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -79,7 +81,15 @@ class Preprocessor:
     @staticmethod
     def load(path:str|Path) -> Preprocessor: return Preprocessor(**json.loads(Path(path).read_text()))
 
-# %% ../nbs/04_train.ipynb #8409bf6f
+# %% ../nbs/04_train.ipynb #5a0813a5
+class EpochShuffle(torch.utils.data.Sampler):
+    "Random permutation of `range(n)` that depends only on `seed` and the epoch set by `set_epoch`."
+    def __init__(self, n:int, seed:int=0): self.n, self.seed, self.epoch = n, seed, 0
+    def set_epoch(self, epoch:int): self.epoch = epoch
+    def __len__(self): return self.n
+    def __iter__(self): return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+
+# %% ../nbs/04_train.ipynb #38f82602
 CATEGORICAL = ['country', 'local_hour']
 
 class FraudDataModule(L.LightningDataModule):
@@ -95,13 +105,13 @@ class FraudDataModule(L.LightningDataModule):
         p = float(self.train_df.is_fraud.mean()); self.pos_weight = (1 - p) / p
 
     def _loader(self, k, shuffle=False):
-        return DataLoader(self.tensors[k], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(self.tensors[k], batch_size=self.batch_size, sampler=EpochShuffle(len(self.tensors[k])) if shuffle else None,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0))
     def train_dataloader(self): return self._loader('train', shuffle=True)
     def val_dataloader(self): return self._loader('val')
     def test_dataloader(self): return self._loader('test')
 
-# %% ../nbs/04_train.ipynb #38f82602
+# %% ../nbs/04_train.ipynb #46300938
 class TabularClassifier(L.LightningModule):
     "Embeddings for categoricals + MLP, weighted BCE, AUROC/AUPRC metrics."
     def __init__(self, n_numeric:int, cardinalities:list[int], hidden:tuple=(64, 32), dropout:float=0.1, lr:float=3e-3,
@@ -130,24 +140,41 @@ class TabularClassifier(L.LightningModule):
     def test_step(self, batch, _): self._eval(batch, 'test')
     def configure_optimizers(self): return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
-# %% ../nbs/04_train.ipynb #46300938
+# %% ../nbs/04_train.ipynb #08319214
+class EpochSeed(L.Callback):
+    "Reseed Python, NumPy and torch from `seed + epoch` when each training epoch starts."
+    def __init__(self, seed:int): self.seed = seed
+    def on_train_epoch_start(self, trainer, pl_module): L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+
+def _atomic_checkpoint_io():
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+    import os
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        "Checkpoints written to a temporary file, then renamed: a crash never leaves a truncated checkpoint."
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            tmp = f'{path}.{os.getpid()}.tmp'; super().save_checkpoint(checkpoint, tmp, storage_options); os.replace(tmp, path)
+    return AtomicCheckpointIO()
+
+# %% ../nbs/04_train.ipynb #a25b6963
 def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_nodes:int=1, precision:str|None=None,
                  accumulate:int=1, clip:float=1.0, patience:int=3, ckpt_dir:str|Path|None=None, logger=False,
-                 seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None, group:str|None=None, **kwargs) -> L.Trainer:
+                 seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None, group:str|None=None,
+                 callbacks:list|tuple=(), **kwargs) -> L.Trainer:
     "A Lightning `Trainer` configured for this project; see the text above for the choices."
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     if logger == 'wandb': logger = wandb_logger(tracking_dir or 'workspace/tracking', group=group)
     L.seed_everything(seed, workers=True, verbose=False)
     gpu = accelerator in ('auto', 'gpu', 'cuda') and torch.cuda.is_available()
     n = (torch.cuda.device_count() if gpu else 1) if devices == 'auto' else (devices if isinstance(devices, int) else len(devices))
-    cbs = [EarlyStopping(monitor='val_auprc', mode='max', patience=patience)]
+    cbs = [EpochSeed(seed), *callbacks] + ([EarlyStopping(monitor='val_auprc', mode='max', patience=patience)] if patience else [])
     if ckpt_dir: cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor='val_auprc', mode='max', save_last=True))
     return L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                     strategy='ddp' if n * num_nodes > 1 else 'auto', precision=precision or ('bf16-mixed' if gpu else '32-true'),
+                     strategy=kwargs.pop('strategy', 'ddp' if n * num_nodes > 1 else 'auto'), precision=precision or ('bf16-mixed' if gpu else '32-true'),
                      accumulate_grad_batches=accumulate, gradient_clip_val=clip, callbacks=cbs, logger=logger, deterministic=deterministic,
-                     enable_progress_bar=progress, enable_model_summary=False, default_root_dir=ckpt_dir, **kwargs)
+                     enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=bool(ckpt_dir),
+                     plugins=[_atomic_checkpoint_io()] if ckpt_dir else None, default_root_dir=ckpt_dir, **kwargs)
 
-# %% ../nbs/04_train.ipynb #1543fed6
+# %% ../nbs/04_train.ipynb #724d89ab
 def wandb_logger(save_dir:str|Path, project:str='mlsys', group:str|None=None):
     "A `WandbLogger` under `save_dir`: online only with a configured API key, offline otherwise."
     import os
@@ -163,3 +190,122 @@ def log_checkpoint(trainer:L.Trainer, name:str='fraud-mlp'):
     if not best or not hasattr(trainer.logger, 'experiment'): return None
     art = wandb.Artifact(name, type='model', metadata={'val_auprc': float(trainer.checkpoint_callback.best_model_score or 0)})
     art.add_file(best); trainer.logger.experiment.log_artifact(art); return art
+
+# %% ../nbs/04_train.ipynb #10a9cc13
+class CheckpointError(ValueError):
+    "A checkpoint that cannot be resumed into this model; the message names the cause."
+
+def check_checkpoint(path:str|Path, model:nn.Module):
+    "Raise `CheckpointError` unless the weights in checkpoint `path` fit `model`, parameter by parameter."
+    try: sd = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+    except Exception as e: raise CheckpointError(f'cannot read checkpoint {path}: {type(e).__name__}: {e}') from e
+    check_checkpoint_state(sd, model, path)
+
+def check_checkpoint_state(sd:dict, model:nn.Module, path:str|Path):
+    "Raise `CheckpointError` unless state dict `sd` (read from `path`) fits `model`."
+    own = model.state_dict()
+    diff = [f'{k} is {tuple(sd[k].shape)} in the checkpoint, {tuple(v.shape)} in the model' for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    diff += [f'{k} missing from the checkpoint' for k in own if k not in sd] + [f'{k} unknown to the model' for k in sd if k not in own]
+    if diff: raise CheckpointError(f'checkpoint {path} is from a model of another shape: ' + '; '.join(diff[:4]) + (' ...' if len(diff) > 4 else ''))
+
+def fit(trainer:L.Trainer, model:L.LightningModule, dm:L.LightningDataModule, resume:bool=True) -> Path|None:
+    "Train `model` on `dm`, resuming from the checkpoint folder's `last.ckpt` when there is one; returns that checkpoint or None."
+    cb = trainer.checkpoint_callback
+    last = Path(cb.dirpath)/'last.ckpt' if resume and cb is not None and cb.dirpath else None
+    last = last if last is not None and last.exists() else None
+    if last is not None: check_checkpoint(last, model)
+    trainer.fit(model, dm, ckpt_path=last); return last
+
+# %% ../nbs/04_train.ipynb #712a1787
+def save_model(out:str|Path, model:TabularClassifier, pre:Preprocessor, **meta) -> Path:
+    "Write `weights.pt`, `preprocessor.json` and `model.json` (hyper-parameters, inputs, `meta`) to folder `out`."
+    import io
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO(); torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf); atomic_write(out/'weights.pt', buf.getvalue())
+    pre.save(out/'preprocessor.json')
+    hp = {k: list(v) if isinstance(v, tuple) else v for k, v in model.hparams.items()}
+    atomic_write(out/'model.json', json.dumps({'class': 'TabularClassifier', 'hparams': hp, 'numeric': pre.numeric, 'categorical': pre.categorical, **meta}, indent=1, default=str))
+    return out
+
+def load_model(out:str|Path) -> tuple[TabularClassifier, Preprocessor]:
+    "The model (in eval mode) and preprocessor saved by `save_model` in folder `out`."
+    out = Path(out); spec = json.loads((out/'model.json').read_text())
+    model = TabularClassifier(**{**spec['hparams'], 'hidden': tuple(spec['hparams']['hidden'])})
+    sd = torch.load(out/'weights.pt', map_location='cpu', weights_only=True); check_checkpoint_state(sd, model, out/'weights.pt')
+    model.load_state_dict(sd); return model.eval(), Preprocessor.load(out/'preprocessor.json')
+
+# %% ../nbs/04_train.ipynb #bfbcf5bf
+def numeric_features() -> list[str]:
+    "The fraud model's numeric inputs: the feature service's fields minus the categorical ones."
+    from mlsys.features import FRAUD_FEATURES
+    return [f for f in FRAUD_FEATURES if f not in ('timezone', *CATEGORICAL)]
+
+def training_set(ws) -> pd.DataFrame:
+    "Labelled point-in-time training set of workspace `ws` (a `Workspace` or its folder)."
+    from mlsys.config import Workspace
+    from mlsys.features import open_store
+    from mlsys.pit import fast_training_set, fraud_entities
+    from mlsys.world import read_manifest, read_table
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    if not (ws.features/'current').exists(): raise TrainingDataError(f'no active feature store at {ws.features/"current"}: run the features stage first')
+    man = read_manifest(ws.lake)
+    pit = fast_training_set(open_store(ws.features/'current'), fraud_entities(read_table(ws.lake, 'transactions')))
+    return labelled_set(pit, read_table(ws.lake, 'labels'), pd.Timestamp(man['as_of']))
+
+# %% ../nbs/04_train.ipynb #c143194e
+def _raw_epochs(model, loader, epochs, device, bf16):
+    "Plain PyTorch: the same steps Lightning takes, timed per epoch."
+    import time
+    model = model.to(device).train(); opt = model.configure_optimizers(); times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        for num, cat, y in loader:
+            num, cat, y = num.to(device, non_blocking=True), cat.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.split(':')[0], dtype=torch.bfloat16, enabled=bf16):
+                loss = model.loss(model(num, cat), y)
+            opt.zero_grad(set_to_none=True); loss.backward(); nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+        if device.startswith('cuda'): torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+class _EpochTimer(L.Callback):
+    def __init__(self): self.times = []
+    def on_train_epoch_start(self, *_): import time; self.t0 = time.perf_counter()
+    def on_train_epoch_end(self, trainer, *_):
+        import time
+        if trainer.strategy.root_device.type == 'cuda': torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self.t0)
+
+def bench_train(quick:bool=False, device:str='cpu'):
+    "Lightning against a plain loop on the same model and tensors; gradient boosting on the same window."
+    import statistics, tempfile, time
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from mlsys.features import build_repo, feature_tables, open_store
+    from mlsys.pit import fast_training_set, fraud_entities
+    from mlsys.world import read_manifest, read_table, simulate, write_lake
+    lake = Path(tempfile.mkdtemp())/'lake'; write_lake(simulate(seed=0, n_days=21 if quick else 45), lake)
+    store = open_store(build_repo(lake.parent/'features', feature_tables(lake)))
+    data = labelled_set(fast_training_set(store, fraud_entities(read_table(lake, 'transactions'))), read_table(lake, 'labels'),
+                        pd.Timestamp(read_manifest(lake)['as_of']))
+    numeric, cuda = numeric_features(), device.startswith('cuda')
+    dm = FraudDataModule(data, numeric, batch_size=4096 if cuda else 1024); n = len(dm.tensors['train']); epochs = 3 if quick else 6
+    new_model = lambda: TabularClassifier(len(numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)
+    devices = ['cpu', device] if cuda else ['cpu']; results, per = [], {}
+    for dev in devices:
+        timer = _EpochTimer()
+        tr = make_trainer(max_epochs=epochs, accelerator='gpu' if dev.startswith('cuda') else 'cpu', devices=1, patience=0, callbacks=[timer],
+                          precision='bf16-mixed' if dev.startswith('cuda') else '32-true', limit_val_batches=0, num_sanity_val_steps=0)
+        tr.fit(new_model(), dm)
+        L.seed_everything(0, verbose=False)
+        raw = _raw_epochs(new_model(), dm.train_dataloader(), epochs, dev, dev.startswith('cuda'))
+        for path, ts in (('lightning', timer.times), ('plain pytorch', raw)):
+            med = statistics.median(ts[1:]); per[(dev, path)] = med
+            results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4), 'samples_per_s': round(n / med), 'epochs_timed': len(ts) - 1, 'train_rows': n})
+    X = lambda d: d[numeric + ['local_hour']]
+    t0 = time.perf_counter(); HistGradientBoostingClassifier(max_iter=200, random_state=0).fit(X(dm.train_df), dm.train_df.is_fraud); gbt = time.perf_counter() - t0
+    results.append({'label': 'gradient boosting fit (cpu)', 'train_rows': n, 'fit_s': round(gbt, 3)})
+    ratios = {'lightning_over_raw_epoch_time': round(per[('cpu', 'lightning')] / per[('cpu', 'plain pytorch')], 3),
+              'mlp_12_epochs_over_gbt_fit_time': round(12 * per[('cpu', 'lightning')] / gbt, 2)}
+    if cuda: ratios |= {'cuda_lightning_over_raw_epoch_time': round(per[(device, 'lightning')] / per[(device, 'plain pytorch')], 3),
+                        'cuda_over_cpu_samples_per_s': round(per[('cpu', 'lightning')] / per[(device, 'lightning')], 2)}
+    return results, ratios

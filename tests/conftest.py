@@ -5,6 +5,7 @@ import pytest
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ['-p', 'n_days', '10']  # a short world keeps the CLI tests fast; `make test` also runs the full small world
+SMALL_TRAIN = ['-p', 'val_days', '2', '-p', 'test_days', '2', '-p', 'epochs', '2', '-p', 'baseline', 'false']  # windows that fit 10 days
 
 
 def mlsys(*args, env=None, cwd=None):

@@ -3,25 +3,29 @@ import json, subprocess
 from pathlib import Path
 import pandas as pd
 import pytest
-from conftest import BIN, ROOT, SMALL, mlsys, run_record
+from conftest import BIN, ROOT, SMALL, SMALL_TRAIN, mlsys, run_record
 
 STAGE_KEYS = {'name', 'status', 'started', 'ended', 'seconds', 'notebook', 'artifacts', 'metrics'}
 
 
 def test_run_contract(ws):
-    p = mlsys('run', '--workspace', ws, *SMALL)
+    p = mlsys('run', '--workspace', ws, *SMALL, *SMALL_TRAIN)
     assert p.returncode == 0, p.stderr
     run_dir, rec = run_record(p)
     assert set(rec) >= {'run_id', 'status', 'failed_stage', 'reason', 'stages', 'lineage'}
     assert (rec['status'], rec['failed_stage'], rec['reason']) == ('succeeded', None, None)
-    assert [s['name'] for s in rec['stages']] == ['ingest', 'validate', 'features']
+    assert [s['name'] for s in rec['stages']] == ['ingest', 'validate', 'features', 'train']   # tune only with -p tune true
     for s in rec['stages']:
         assert STAGE_KEYS <= set(s) and s['status'] == 'succeeded' and (run_dir/s['notebook']).exists()
     assert (ws/'runs'/'latest').resolve() == run_dir.resolve()
     assert set(rec['lineage']['data_hashes']) >= {'transactions', 'labels', 'users'}
-    assert rec['lineage']['config']['params'] == {'n_days': 10}
+    assert rec['lineage']['config']['params'] == {'n_days': 10, 'val_days': 2, 'test_days': 2, 'epochs': 2, 'baseline': False}
     assert (run_dir/'validate'/'validation.md').read_text().startswith('# Validation report')
     assert rec['stages'][0]['metrics']['rows']['transactions'] > 10_000
+    train = rec['stages'][3]
+    assert train['metrics']['epochs'] == 2 and 0 < train['metrics']['test_auprc'] <= 1 and train['metrics']['wandb_run'].startswith('mlsys/')
+    assert sorted(p.name for p in Path(train['artifacts']['model']).iterdir()) == ['model.json', 'preprocessor.json', 'weights.pt']
+    assert list((ws/'tracking'/'checkpoints').iterdir()) == []   # a finished attempt leaves nothing to resume
 
 
 def test_same_seed_same_data(ws, tmp_path):
@@ -115,3 +119,13 @@ def test_bench_features_quick(ws):
     offline = [r for r in rec['results'] if 'equal_to_file_store' in r]
     assert len(offline) == 8 and all(r['equal_to_file_store'] for r in offline)
     assert all(r['rows_returned'] == r['entity_rows'] for r in offline if r['label'] != 'feast file store')
+
+
+def test_bench_train_quick(ws):
+    p = mlsys('bench', 'train', '--quick', '--workspace', ws)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rec = json.loads((ws/'bench'/'train.json').read_text())
+    assert rec['device'] == 'cpu' and rec['ratios']['lightning_over_raw_epoch_time'] > 0
+    assert {r['label'] for r in rec['results']} >= {'lightning (cpu)', 'plain pytorch (cpu)', 'gradient boosting fit (cpu)'}
+    p = mlsys('bench', 'ingest', '--device', 'cuda', '--workspace', ws)
+    assert p.returncode == 2 and "'ingest' runs on the CPU only" in p.stderr

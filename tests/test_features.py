@@ -13,7 +13,7 @@ warnings.filterwarnings('ignore')
 
 
 def test_features_stage_artifacts(ws):
-    p = mlsys('run', '--workspace', ws, *SMALL)
+    p = mlsys('run', '--workspace', ws, *SMALL, '--to', 'features')
     assert p.returncode == 0, p.stderr
     run_dir, rec = run_record(p)
     st = rec['stages'][2]
@@ -23,7 +23,7 @@ def test_features_stage_artifacts(ws):
     cur = ws/'features'/'current'
     assert cur.is_symlink() and (cur/'feature_store.yaml').exists() and (cur/'repo.py').exists()
     # a rerun on the same lake rebuilds, proves parity again and swaps in atomically; the old build is torn down
-    p = mlsys('run', '--workspace', ws, '--from', 'features')
+    p = mlsys('run', '--workspace', ws, '--from', 'features', '--to', 'features')
     assert p.returncode == 0, p.stderr
     assert len(list((ws/'features'/'builds').iterdir())) == 1
 
