@@ -1,7 +1,6 @@
 "`mlsys run`, `mlsys job` and their contracts, end to end through the installed command."
 import json, subprocess
 from pathlib import Path
-import pandas as pd
 import pytest
 from conftest import BIN, ROOT, SMALL, SMALL_TRAIN, mlsys, run_record
 
@@ -48,7 +47,7 @@ def test_fault_stops_at_validate(ws, fault, check):
     assert (rec['status'], rec['failed_stage']) == ('failed', 'validate')
     assert rec['reason'].startswith('ValidationFailed') and check in rec['reason'] and '\n' not in rec['reason']
     assert (run_dir/'notebooks'/'validate.ipynb').exists()
-    assert f'stage validate failed' in p.stderr
+    assert 'stage validate failed' in p.stderr
 
 
 def test_timezone_bug_passes_validation_fails_parity(ws):

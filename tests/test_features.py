@@ -1,10 +1,9 @@
 "The feature stage end to end: the job's artifacts, a real Redis online store, and bad input on the serving path."
 import json, os, warnings
-from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import SMALL, mlsys, run_record
-from mlsys.features import (FeatureDefinitionError, activate, build_repo, check_refs, feature_tables, materialize, online_features,
+from mlsys.features import (FeatureDefinitionError, build_repo, check_refs, feature_tables, materialize, online_features,
                             open_store, push_velocity)
 from mlsys.parity import parity_check, parity_gate
 from mlsys.world import read_table, simulate, write_lake

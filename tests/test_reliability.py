@@ -1,6 +1,5 @@
 "Crashes leave nothing half-written; the simulator and lake behave under faults."
 import os, pytest
-import pandas as pd
 from mlsys import world
 from mlsys.config import atomic_write
 from mlsys.world import read_manifest, read_table, simulate, write_lake, LakeError

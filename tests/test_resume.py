@@ -1,6 +1,5 @@
 "Kill a training process with SIGKILL in the middle of an epoch; the rerun resumes from the last checkpoint and ends with the same model."
-import json, os, signal, subprocess, sys, textwrap, time
-from pathlib import Path
+import json, os, signal, subprocess, textwrap, time
 from conftest import BIN
 
 SCRIPT = textwrap.dedent('''

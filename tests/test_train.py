@@ -1,5 +1,5 @@
 "Training with tracking and no network: the W&B logger must stay offline and local."
-import os, shutil, subprocess, sys, textwrap
+import os, shutil, subprocess, textwrap
 import pytest
 from conftest import BIN
 
