@@ -65,6 +65,9 @@ class Settings(BaseModel):
     scenario: Literal['fraud'] = Field('fraud', description='which running example `mlsys run` builds')
     log_level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR'] = 'INFO'
     progress: Literal['auto', 'bar', 'log', 'off'] = Field('auto', description='progress bars, log lines or nothing')
+    accelerator: Literal['auto', 'cpu', 'gpu'] = Field('auto', description='where training runs; auto picks a GPU when there is one')
+    devices: int|Literal['auto'] = Field('auto', description='devices per node for training; more than one means DDP')
+    num_nodes: int = Field(1, ge=1, description='machines taking part in distributed training')
 
     @property
     def workspace(self) -> Workspace: return Workspace(self.home)

@@ -157,7 +157,8 @@ def run(settings:Settings|None=None, params:dict|None=None, from_stage:str|None=
     delivered = {k: v for k, v in params.items() if any(k in d for d in declared.values())} | switches
     for k in sorted(set(params) - set(delivered)): log.warning('parameter %s is declared by none of the stages %s: ignored', k, ', '.join(names))
     ws = settings.workspace.ensure(); run_dir = new_run_dir(ws); results = []
-    base = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale}
+    base = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale,
+            'accelerator': settings.accelerator, 'devices': settings.devices, 'num_nodes': settings.num_nodes}
     for i, name in enumerate(names, 1):
         p = {k: v for k, v in {**base, **params}.items() if k in declared[name]}
         log.info('[%d/%d] %s ...', i, len(names), name)
