@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument('name', help="a benchmark name, or 'all'"); b.add_argument('--quick', action='store_true', help='smaller data, fewer repeats')
     b.add_argument('--threads', type=int, default=1, help='threads for BLAS/OpenMP/torch (default 1)')
     b.add_argument('--device', help="for benchmarks that take one, e.g. 'cuda' (`mlsys bench train --device cuda`)")
+    g = sub.add_parser('registry', parents=[common], help='model versions: list, show, promote, rollback, verify')
+    g.add_argument('action', choices=['list', 'show', 'promote', 'rollback', 'verify'])
+    g.add_argument('ref', nargs='?', help='NAME or NAME:VERSION, where VERSION is a number, a stage or latest (default production)')
+    g.add_argument('--stage', default='production', help='promote: the target stage (default production)')
+    g.add_argument('--force', action='store_true', help='promote: override failed gates (needs --reason; logged)')
+    g.add_argument('--reason', help='why: recorded in the audit log')
     sub.add_parser('info', parents=[common], help='versions, devices, workspace')
     return p
 
@@ -58,7 +64,29 @@ def _bench(args, settings) -> int:
     print(settings.workspace.bench)
     return 0
 
-# %% ../nbs/17_cli.ipynb #0b751180
+# %% ../nbs/17_cli.ipynb #2263017f
+def _registry(args, settings) -> int:
+    from mlsys.registry import NotFound, Registry, RegistryError
+    reg = Registry(settings.workspace.models)
+    name, _, ver = (args.ref or '').partition(':')
+    if args.action == 'list':
+        df = reg.list(name or None); print(df.to_string(index=False) if len(df) else 'no models registered'); return 0
+    if not name: raise UsageError(f'registry {args.action} needs a model: NAME or NAME:VERSION')
+    try:
+        if args.action == 'show': print(json.dumps(reg.show(name, ver or 'production'), indent=1, default=str))
+        elif args.action == 'verify':
+            bad = reg.verify(name, ver or 'production')
+            print('\n'.join(bad) if bad else f'{name}:{ver or "production"}: every file matches its checksum', file=sys.stderr if bad else sys.stdout)
+            return 1 if bad else 0
+        elif args.action == 'promote':
+            if not ver: raise UsageError('registry promote needs NAME:VERSION')
+            print(f'{name}:{reg.promote(name, ver, args.stage, args.reason, args.force)} -> {args.stage}')
+        else: print(f'{name}:{reg.rollback(name, args.reason or "rollback from the command line")} -> production')
+    except NotFound as e: raise UsageError(str(e)) from e
+    except RegistryError as e: print(f'mlsys: {e}', file=sys.stderr); return 1
+    return 0
+
+# %% ../nbs/17_cli.ipynb #cb7c6358
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlsys` command; returns the exit code."
     args = _parser().parse_args(argv)
@@ -66,6 +94,7 @@ def main(argv:list[str]|None=None) -> int:
         s = load_settings(args.config, home=args.workspace, scale=getattr(args, 'scale', None), scenario=getattr(args, 'scenario', None))
         if args.cmd == 'info': print(json.dumps(_info(s), indent=2)); return 0
         if args.cmd == 'bench': return _bench(args, s)
+        if args.cmd == 'registry': return _registry(args, s)
         params = _params(args.param)
         res = run(s, params, args.from_stage, args.to_stage) if args.cmd == 'run' else run(s, params, stages=[args.name])
     except UsageError as e: print(f'mlsys: error: {e}', file=sys.stderr); return 2

@@ -218,10 +218,10 @@ def fit(trainer:L.Trainer, model:L.LightningModule, dm:L.LightningDataModule, re
 
 # %% ../nbs/04_train.ipynb #712a1787
 def save_model(out:str|Path, model:TabularClassifier, pre:Preprocessor, **meta) -> Path:
-    "Write `weights.pt`, `preprocessor.json` and `model.json` (hyper-parameters, inputs, `meta`) to folder `out`."
-    import io
+    "Write `weights.safetensors`, `preprocessor.json` and `model.json` (hyper-parameters, inputs, `meta`) to folder `out`."
+    from safetensors.torch import save
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO(); torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf); atomic_write(out/'weights.pt', buf.getvalue())
+    atomic_write(out/'weights.safetensors', save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
     pre.save(out/'preprocessor.json')
     hp = {k: list(v) if isinstance(v, tuple) else v for k, v in model.hparams.items()}
     atomic_write(out/'model.json', json.dumps({'class': 'TabularClassifier', 'hparams': hp, 'numeric': pre.numeric, 'categorical': pre.categorical, **meta}, indent=1, default=str))
@@ -231,7 +231,8 @@ def load_model(out:str|Path) -> tuple[TabularClassifier, Preprocessor]:
     "The model (in eval mode) and preprocessor saved by `save_model` in folder `out`."
     out = Path(out); spec = json.loads((out/'model.json').read_text())
     model = TabularClassifier(**{**spec['hparams'], 'hidden': tuple(spec['hparams']['hidden'])})
-    sd = torch.load(out/'weights.pt', map_location='cpu', weights_only=True); check_checkpoint_state(sd, model, out/'weights.pt')
+    from safetensors.torch import load
+    sd = load((out/'weights.safetensors').read_bytes()); check_checkpoint_state(sd, model, out/'weights.safetensors')
     model.load_state_dict(sd); return model.eval(), Preprocessor.load(out/'preprocessor.json')
 
 # %% ../nbs/04_train.ipynb #bfbcf5bf

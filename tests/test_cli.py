@@ -23,7 +23,7 @@ def test_run_contract(ws):
     assert rec['stages'][0]['metrics']['rows']['transactions'] > 10_000
     train = rec['stages'][3]
     assert train['metrics']['epochs'] == 2 and 0 < train['metrics']['test_auprc'] <= 1 and train['metrics']['wandb_run'].startswith('mlsys/')
-    assert sorted(p.name for p in Path(train['artifacts']['model']).iterdir()) == ['model.json', 'preprocessor.json', 'weights.pt']
+    assert sorted(p.name for p in Path(train['artifacts']['model']).iterdir()) == ['model.json', 'preprocessor.json', 'weights.safetensors']
     assert list((ws/'tracking'/'checkpoints').iterdir()) == []   # a finished attempt leaves nothing to resume
 
 
