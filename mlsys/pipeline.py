@@ -18,7 +18,7 @@ __all__ = ['STAGES', 'OPTIONAL', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'job
            'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
-STAGES = ('ingest', 'validate', 'features', 'tune', 'train')
+STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'batch_predict')
 OPTIONAL = {'tune': 'tune'}  # stage -> the -p switch that turns it on
 GLOBAL_PARAMS = ('seed', 'scale', 'fault')  # understood by every run, whichever stages it covers
 RESERVED = {'run_dir': 'the runner', 'workspace': '--workspace'}  # parameters the runner sets itself
@@ -42,7 +42,9 @@ def job_parameters(name:str) -> dict:
     return {k: v['default'] for k, v in inspect_notebook(str(path)).items()}
 
 def parse_value(text:str):
-    "A `-p` value as YAML (`3` is an int, `null` is None, `a b` stays a string)."
+    "A `-p` value as YAML (`3` is an int, `null` is None, `a b` stays a string); `1e-05` is a float (PyYAML alone reads a string)."
+    import re
+    if re.fullmatch(r'[+-]?\d+(\.\d*)?[eE][+-]?\d+', text.strip()): return float(text)
     try: return yaml.safe_load(text)
     except yaml.YAMLError: return text
 

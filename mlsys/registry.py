@@ -52,7 +52,7 @@ def model_card(name:str, version:int, spec:dict, metrics:dict, gates:list[dict],
              '', '## Metrics (test window)', '', *(f'- {k}: {v:.4f}' if isinstance(v, float) else f'- {k}: {v}' for k, v in metrics.items() if not isinstance(v, (dict, list))),
              '', '## Gates', '', '| gate | passed | value | threshold |', '| --- | --- | --- | --- |',
              *(f"| {g['name']} | {'yes' if g['passed'] else 'NO'} | {g.get('value')} | {g.get('threshold')} |" for g in gates),
-             '', '## Lineage', '', f"- run: {lineage.get('run_id')}", f"- git commit: {lineage.get('git', {}).get('commit')} (dirty: {lineage.get('git', {}).get('dirty')})",
+             '', '## Lineage', '', f"- run: {lineage.get('run_id')}", f"- git commit: {lineage.get('git_commit')} (uncommitted changes: {lineage.get('git_dirty')})",
              f"- W&B run: {lineage.get('wandb_run')}", f"- feature views: {', '.join(lineage.get('feature_views', []))}",
              '', '## Limits', '', 'Trained on a simulated marketplace. Labels arrive with a delay, so the newest days are under-represented; '
              'scores drift when the population or the fraud patterns change, which the monitoring stage watches.']
@@ -173,7 +173,7 @@ def list(self:Registry, name:str|None=None) -> pd.DataFrame:
     with self._db() as con:
         q = 'SELECT name, version, stage, created_at, run_id, gates_passed, metrics FROM versions' + (' WHERE name=?' if name else '') + ' ORDER BY name, version DESC'
         df = pd.read_sql_query(q, con, params=(name,) if name else None)
-    df['auprc'] = [json.loads(m or '{}').get('test_auprc') for m in df.pop('metrics')]
+    df['auprc'] = [json.loads(m or '{}').get('auprc') for m in df.pop('metrics')]
     return df
 
 @patch
@@ -226,10 +226,10 @@ def rollback(self:Registry, name:str, reason:str='rollback') -> int:
 
 # %% ../nbs/07_registry.ipynb #9f5233e0
 def rebuild_command(lineage:dict) -> str:
-    "The `mlsys run` command line that reproduces the run recorded in `lineage`."
-    params = (lineage.get('config') or {}).get('params') or {}
-    return ' '.join(['mlsys run --to train', *(f'-p {k} {json.dumps(v) if not isinstance(v, str) else v}' for k, v in params.items()),
-                     *(f"-p seed {lineage['config']['seed']}" for _ in [0] if 'seed' not in params and (lineage.get('config') or {}).get('seed') is not None)])
+    "The `mlsys run` command line that reproduces the model recorded in `lineage` (its `rebuild_params`, else the run's parameters)."
+    params = lineage.get('rebuild_params') or (lineage.get('config') or {}).get('params') or {}
+    import shlex
+    return ' '.join(['mlsys run --to train', *(f"-p {k} {shlex.quote(v if isinstance(v, str) else json.dumps(v, separators=(',', ':')))}" for k, v in params.items())])
 
 @patch
 def show(self:Registry, name:str, ref:int|str='production') -> dict:
@@ -238,6 +238,6 @@ def show(self:Registry, name:str, ref:int|str='production') -> dict:
     lin = json.loads((d/'lineage.json').read_text())
     return {'name': name, 'version': row['version'], 'stage': row['stage'], 'created_at': row['created_at'], 'path': str(d),
             'metrics': row['metrics'], 'gates': json.loads((d/'gates.json').read_text()), 'files': json.loads((d/'checksums.json').read_text()),
-            'rebuild': {'command': rebuild_command(lin), 'git': lin.get('git'), 'data_hashes': lin.get('data_hashes'),
+            'rebuild': {'command': rebuild_command(lin), 'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'data_hashes': lin.get('data_hashes'),
                         'feature_views': lin.get('feature_views'), 'train_config': lin.get('train_config')},
             'lineage': lin}

@@ -6,6 +6,7 @@ BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ['-p', 'n_days', '10']  # a short world keeps the CLI tests fast; `make test` also runs the full small world
 SMALL_TRAIN = ['-p', 'val_days', '2', '-p', 'test_days', '2', '-p', 'epochs', '2', '-p', 'baseline', 'false']  # windows that fit 10 days
+SMALL_GATES = ['-p', 'max_slice_gap', '1.0', '-p', 'slice_min_pos', '1', '-p', 'slice_min_rows', '5']  # two test days hold too few frauds per slice
 
 
 def mlsys(*args, env=None, cwd=None):
