@@ -19,7 +19,7 @@ __all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'w
            'get_logger', 'progress']
 
 # %% ../nbs/00_config.ipynb #85d1b4f4
-WORKSPACE_DIRS = ('lake', 'features', 'models', 'runs', 'tracking', 'monitoring', 'bench')
+WORKSPACE_DIRS = ('lake', 'features', 'models', 'predictions', 'runs', 'tracking', 'monitoring', 'bench')
 
 class Workspace:
     "All state of a run, under one `root` folder with one subfolder per stage."
