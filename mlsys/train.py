@@ -19,10 +19,10 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'Preprocessor', 'EpochShuffle', 'FraudDataModule',
-           'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint', 'CheckpointError',
-           'check_checkpoint', 'check_checkpoint_state', 'fit', 'save_model', 'load_model', 'numeric_features',
-           'training_set', 'bench_train']
+__all__ = ['CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'Preprocessor', 'EpochShuffle', 'EpochBatches',
+           'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint',
+           'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'save_model', 'load_model',
+           'numeric_features', 'training_set', 'bench_train']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -89,6 +89,11 @@ class EpochShuffle(torch.utils.data.Sampler):
     def __len__(self): return self.n
     def __iter__(self): return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
 
+class EpochBatches(torch.utils.data.BatchSampler):
+    "Lists of row indices, a batch at a time, in the order of `sampler`; passes `set_epoch` on to it."
+    def set_epoch(self, epoch:int):
+        if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
+
 # %% ../nbs/04_train.ipynb #38f82602
 CATEGORICAL = ['country', 'local_hour']
 
@@ -105,7 +110,8 @@ class FraudDataModule(L.LightningDataModule):
         p = float(self.train_df.is_fraud.mean()); self.pos_weight = (1 - p) / p
 
     def _loader(self, k, shuffle=False):
-        return DataLoader(self.tensors[k], batch_size=self.batch_size, sampler=EpochShuffle(len(self.tensors[k])) if shuffle else None,
+        n = len(self.tensors[k]); order = EpochShuffle(n) if shuffle else range(n)
+        return DataLoader(self.tensors[k], sampler=EpochBatches(order, self.batch_size, drop_last=False), batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0))
     def train_dataloader(self): return self._loader('train', shuffle=True)
     def val_dataloader(self): return self._loader('val')
@@ -289,19 +295,21 @@ def bench_train(quick:bool=False, device:str='cpu'):
     data = labelled_set(fast_training_set(store, fraud_entities(read_table(lake, 'transactions'))), read_table(lake, 'labels'),
                         pd.Timestamp(read_manifest(lake)['as_of']))
     numeric, cuda = numeric_features(), device.startswith('cuda')
-    dm = FraudDataModule(data, numeric, batch_size=4096 if cuda else 1024); n = len(dm.tensors['train']); epochs = 3 if quick else 6
+    dm = FraudDataModule(data, numeric, batch_size=4096 if cuda else 1024); n = len(dm.tensors['train']); epochs, rounds = (3, 1) if quick else (4, 3)
     new_model = lambda: TabularClassifier(len(numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)
     devices = ['cpu', device] if cuda else ['cpu']; results, per = [], {}
     for dev in devices:
-        timer = _EpochTimer()
-        tr = make_trainer(max_epochs=epochs, accelerator='gpu' if dev.startswith('cuda') else 'cpu', devices=1, patience=0, callbacks=[timer],
-                          precision='bf16-mixed' if dev.startswith('cuda') else '32-true', limit_val_batches=0, num_sanity_val_steps=0)
-        tr.fit(new_model(), dm)
-        L.seed_everything(0, verbose=False)
-        raw = _raw_epochs(new_model(), dm.train_dataloader(), epochs, dev, dev.startswith('cuda'))
-        for path, ts in (('lightning', timer.times), ('plain pytorch', raw)):
-            med = statistics.median(ts[1:]); per[(dev, path)] = med
-            results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4), 'samples_per_s': round(n / med), 'epochs_timed': len(ts) - 1, 'train_rows': n})
+        times = {'lightning': [], 'plain pytorch': []}
+        for _ in range(rounds):   # interleaved, so that both paths see the same machine state; each round's first epoch is a warm-up
+            timer = _EpochTimer()
+            tr = make_trainer(max_epochs=epochs, accelerator='gpu' if dev.startswith('cuda') else 'cpu', devices=1, patience=0, callbacks=[timer],
+                              precision='bf16-mixed' if dev.startswith('cuda') else '32-true', limit_val_batches=0, num_sanity_val_steps=0)
+            tr.fit(new_model(), dm); times['lightning'] += timer.times[1:]
+            L.seed_everything(0, verbose=False)
+            times['plain pytorch'] += _raw_epochs(new_model(), dm.train_dataloader(), epochs, dev, dev.startswith('cuda'))[1:]
+        for path, ts in times.items():
+            med = statistics.median(ts); per[(dev, path)] = med
+            results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4), 'samples_per_s': round(n / med), 'epochs_timed': len(ts), 'train_rows': n})
     X = lambda d: d[numeric + ['local_hour']]
     t0 = time.perf_counter(); HistGradientBoostingClassifier(max_iter=200, random_state=0).fit(X(dm.train_df), dm.train_df.is_fraud); gbt = time.perf_counter() - t0
     results.append({'label': 'gradient boosting fit (cpu)', 'train_rows': n, 'fit_s': round(gbt, 3)})
