@@ -102,7 +102,7 @@ class FraudDataModule(L.LightningDataModule):
     def __init__(self, frame:pd.DataFrame, numeric:list[str], categorical:list[str]=CATEGORICAL, batch_size:int=1024,
                  val_days:float=5, test_days:float=5, num_workers:int=0):
         super().__init__()
-        self.frame, self.batch_size, self.num_workers = frame, batch_size, num_workers
+        self.frame, self.batch_size, self.num_workers, self.windows = frame, batch_size, num_workers, (val_days, test_days)
         self.train_df, self.val_df, self.test_df = time_split(frame, val_days, test_days)
         self.pre = Preprocessor(list(numeric), list(categorical)).fit(self.train_df)
         self.tensors = {k: TensorDataset(*self.pre.transform(d), torch.tensor(d.is_fraud.to_numpy(), dtype=torch.float32))

@@ -25,6 +25,15 @@ def test_run_contract(ws):
     assert train['metrics']['epochs'] == 2 and 0 < train['metrics']['test_auprc'] <= 1 and train['metrics']['wandb_run'].startswith('mlsys/')
     assert sorted(p.name for p in Path(train['artifacts']['model']).iterdir()) == ['model.json', 'preprocessor.json', 'weights.safetensors']
     assert list((ws/'tracking'/'checkpoints').iterdir()) == []   # a finished attempt leaves nothing to resume
+    # -p tune true adds the optional tune stage; the train job then uses the study's best parameters
+    p = mlsys('run', '--workspace', ws, '--from', 'tune', '--to', 'train', '-p', 'tune', 'true', '-p', 'n_trials', '2', '-p', 'max_epochs', '1',
+              '-p', 'wandb', 'false', *SMALL_TRAIN)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rec = run_record(p)[1]
+    assert [s['name'] for s in rec['stages']] == ['tune', 'train'] and rec['lineage']['config']['params']['tune'] is True
+    best = json.loads((ws/'tracking'/'best_params.json').read_text())
+    used = json.loads(Path(rec['stages'][1]['artifacts']['metrics']).read_text())['params']
+    assert used == {**best['model'], 'batch_size': best['batch_size']}
 
 
 def test_same_seed_same_data(ws, tmp_path):
