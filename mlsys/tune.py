@@ -60,7 +60,7 @@ def suggest(trial:optuna.Trial) -> dict:
              'hidden': [max(8, width >> i) for i in range(depth)]}
     return {'model': model, 'batch_size': trial.suggest_categorical('batch_size', BATCH_SIZES)}
 
-# %% ../nbs/05_tune.ipynb #694b8b1f
+# %% ../nbs/05_tune.ipynb #3e06aa8e
 class EpochHistory(L.Callback):
     "Records `monitor` after every validation epoch, sanity checks excluded."
     def __init__(self, monitor:str='val_auprc'): self.monitor, self.values = monitor, []
@@ -94,7 +94,7 @@ class Objective:
         run.config.update({'trial': trial.number, 'batch_size': p['batch_size']})
         trial.set_user_attr('wandb_run', run.id)
 
-# %% ../nbs/05_tune.ipynb #a630b861
+# %% ../nbs/05_tune.ipynb #694b8b1f
 def storage_url(ws:Workspace|str|Path) -> str:
     "The workspace's default Optuna storage: an SQLite file in `tracking/`."
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
@@ -117,7 +117,7 @@ def safe_url(url:str|None) -> str:
     from sqlalchemy.engine import make_url
     return make_url(url).render_as_string(hide_password=True)
 
-# %% ../nbs/05_tune.ipynb #cfd2ebbb
+# %% ../nbs/05_tune.ipynb #a630b861
 def open_study(name:str, storage:str|None=None, sampler:str='tpe', pruner:str='median', max_epochs:int=6, seed:int|None=None,
                n_startup_trials:int=5, heartbeat:int=10, grace:int|None=None) -> optuna.Study:
     "Create study `name` in `storage` (None: in memory) or load it when it exists; maximises validation AUPRC."
@@ -131,7 +131,7 @@ def open_study(name:str, storage:str|None=None, sampler:str='tpe', pruner:str='m
                          'Their values would not compare: use another study name')
     return st
 
-# %% ../nbs/05_tune.ipynb #151d0a9c
+# %% ../nbs/05_tune.ipynb #2d8e3fbd
 def _finished(study:optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -161,7 +161,7 @@ def _worker(path, numeric, categorical, windows, name, storage, n, study_kw, see
     st = open_study(name, storage, **study_kw)
     _optimize(st, FraudDataModule(pd.read_parquet(path), numeric, categorical, val_days=windows[0], test_days=windows[1]), n, study_kw['max_epochs'], seed, wandb, tracking_dir, threads, False)
 
-# %% ../nbs/05_tune.ipynb #f5c77c18
+# %% ../nbs/05_tune.ipynb #7c3275c2
 def tune(data:pd.DataFrame|FraudDataModule, # labelled training set, or a data module built from one
          n_trials:int=20, # finished trials the study should hold; trials already in the storage count
          study:str='fraud-mlp', # study name
@@ -204,7 +204,7 @@ def tune(data:pd.DataFrame|FraudDataModule, # labelled training set, or a data m
         raise RuntimeError(f'{len(failed)} of {len(procs)} tuning workers failed (exit codes {failed}); finished trials are kept in {safe_url(storage)}: run again to resume study {study!r}')
     return st
 
-# %% ../nbs/05_tune.ipynb #7ab544bd
+# %% ../nbs/05_tune.ipynb #f5c77c18
 def summary(study:optuna.Study) -> dict:
     "Best value, finished/complete/pruned/failed trial counts and the epochs trained, of `study`."
     ts = study.get_trials(deepcopy=False); count = lambda s: sum(t.state == s for t in ts)
@@ -212,7 +212,7 @@ def summary(study:optuna.Study) -> dict:
     return {'best_value': float(study.best_value) if done else None, 'n_trials': done + count(TrialState.PRUNED), 'complete': done,
             'pruned': count(TrialState.PRUNED), 'failed': count(TrialState.FAIL), 'epochs': sum(t.user_attrs.get('epochs', 0) for t in ts)}
 
-# %% ../nbs/05_tune.ipynb #542d12e7
+# %% ../nbs/05_tune.ipynb #ad3a0fb5
 def plot_study(study:optuna.Study, folder:str|Path) -> dict[str, Path]:
     "Optimisation history and, with two or more completed trials, parameter importances, saved as PNG files in `folder`."
     import matplotlib.pyplot as plt
@@ -228,7 +228,7 @@ def plot_study(study:optuna.Study, folder:str|Path) -> dict[str, Path]:
             fig.savefig(folder/f'{name}.png', dpi=100); out[name] = folder/f'{name}.png'
     return out
 
-# %% ../nbs/05_tune.ipynb #b893df47
+# %% ../nbs/05_tune.ipynb #c31a02b7
 BEST_PARAMS = 'best_params.json'
 _BEST_KEYS, _MODEL_KEYS = ('study', 'storage', 'value', 'n_trials', 'model', 'batch_size'), ('lr', 'weight_decay', 'dropout', 'hidden')
 
