@@ -40,7 +40,7 @@ def measure(fn:Callable, repeat:int=5, warmup:int=1) -> dict:
 
 # %% ../nbs/18_bench.ipynb #522c4dea
 BENCHES: dict[str, Callable] = {}
-BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train'}  # benchmarks that live with their stage, imported when asked for
+BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train', 'serve': 'mlsys.serve:bench_serve'}  # benchmarks that live with their stage, imported when asked for
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."
@@ -62,9 +62,11 @@ def run_bench(name:str, ws:Workspace|None=None, quick:bool=False, threads:int|No
     fn = _lookup(name)
     if device and 'device' not in inspect.signature(fn).parameters: raise ValueError(f'benchmark {name!r} runs on the CPU only; it takes no device ({device!r})')
     if threads: pin_threads(threads)
-    results, ratios = fn(quick, **({'device': device} if device else {}))
+    ws = ws or Workspace()
+    kw = {**({'device': device} if device else {}), **({'ws': ws} if 'ws' in inspect.signature(fn).parameters else {})}   # `ws`: benchmarks of a workspace's models
+    results, ratios = fn(quick, **kw)
     rec = {'name': name, 'machine': machine_info(), 'quick': quick, 'device': device or 'cpu', 'results': results, 'ratios': ratios}
-    write_json((ws or Workspace()).ensure().bench/f'{name}.json', rec)
+    write_json(ws.ensure().bench/f'{name}.json', rec)
     return rec
 
 # %% ../nbs/18_bench.ipynb #b5c9f2bd

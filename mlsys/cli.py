@@ -37,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument('--stage', default='production', help='promote: the target stage (default production)')
     g.add_argument('--force', action='store_true', help='promote: override failed gates (needs --reason; logged)')
     g.add_argument('--reason', help='why: recorded in the audit log')
+    sv = sub.add_parser('serve', parents=[common], help='serve the registry model over HTTP (FastAPI on uvicorn)')
+    sv.add_argument('--model', default='fraud@production', help='NAME@REF, REF a stage, a version number or latest (default fraud@production)')
+    sv.add_argument('--host', default='127.0.0.1'); sv.add_argument('--port', type=int, default=8000)
+    sv.add_argument('--max-batch-size', type=int, default=32, help='dynamic batching: instances per forward pass (1 turns batching off)')
+    sv.add_argument('--max-queue-delay-ms', type=float, default=2.0, help='dynamic batching: longest wait for a batch to fill')
+    sv.add_argument('--max-queue', type=int, default=1024, help='instances waiting before requests get 503')
+    sv.add_argument('--feature-timeout-ms', type=float, default=250.0, help='online feature read timeout before fallback features')
+    sv.add_argument('--json', dest='json_lib', choices=['orjson', 'stdlib'], default='orjson')
     sub.add_parser('info', parents=[common], help='versions, devices, workspace')
     return p
 
@@ -86,7 +94,18 @@ def _registry(args, settings) -> int:
     except RegistryError as e: print(f'mlsys: {e}', file=sys.stderr); return 1
     return 0
 
-# %% ../nbs/17_cli.ipynb #cb7c6358
+# %% ../nbs/17_cli.ipynb #990ef441
+def _serve(args, settings) -> int:
+    from pydantic import ValidationError
+    from mlsys.serve import serve
+    name, sep, ref = args.model.partition('@')
+    if not name: raise UsageError(f'--model {args.model!r}: use NAME@REF, e.g. fraud@production')
+    cfg = {k: getattr(args, k) for k in ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib')}
+    try: serve(settings.workspace.root, args.host, args.port, model=name, ref=ref or 'production', **cfg)
+    except ValidationError as e: raise UsageError('; '.join(f"--{'-'.join(map(str, x['loc'])).replace('_', '-')} {x['input']!r}: {x['msg']}" for x in e.errors())) from e
+    return 0
+
+# %% ../nbs/17_cli.ipynb #4c0587ee
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlsys` command; returns the exit code."
     args = _parser().parse_args(argv)
@@ -95,6 +114,7 @@ def main(argv:list[str]|None=None) -> int:
         if args.cmd == 'info': print(json.dumps(_info(s), indent=2)); return 0
         if args.cmd == 'bench': return _bench(args, s)
         if args.cmd == 'registry': return _registry(args, s)
+        if args.cmd == 'serve': return _serve(args, s)
         params = _params(args.param)
         res = run(s, params, args.from_stage, args.to_stage) if args.cmd == 'run' else run(s, params, stages=[args.name])
     except UsageError as e: print(f'mlsys: error: {e}', file=sys.stderr); return 2

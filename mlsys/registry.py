@@ -147,7 +147,7 @@ def get(self:Registry, name:str, ref:int|str='production') -> dict:
         elif ref in STAGES: row = con.execute('SELECT * FROM versions WHERE name=? AND stage=? ORDER BY version DESC LIMIT 1', (name, ref)).fetchone()
         else: raise NotFound(f'{ref!r} is not a version: use a number, one of {", ".join(STAGES)}, or latest')
     if row is None: raise NotFound(f'{name}:{ref} does not exist')
-    return {**dict(row), 'metrics': json.loads(row['metrics'] or '{}'), 'path': Path(row['path'])}
+    return {**dict(row), 'metrics': json.loads(row['metrics'] or '{}'), 'path': self.root/name/str(row['version'])}   # relative to root: a copied workspace stays whole
 
 @patch
 def verify(self:Registry, name:str, ref:int|str) -> list[str]:

@@ -242,7 +242,11 @@ def load_model(out:str|Path) -> tuple[TabularClassifier, Preprocessor]:
     model = TabularClassifier(**{**spec['hparams'], 'hidden': tuple(spec['hparams']['hidden'])})
     from safetensors.torch import load
     sd = load((out/'weights.safetensors').read_bytes()); check_checkpoint_state(sd, model, out/'weights.safetensors')
-    model.load_state_dict(sd); return model.eval(), Preprocessor.load(out/'preprocessor.json')
+    model.load_state_dict(sd); model.eval()
+    if spec.get('quantize'):   # a serving variant (`08_serve`): the recipe is applied to the stored FP32 weights at load
+        from mlsys.serve import quantize
+        model = quantize(model, spec['quantize'])
+    return model, Preprocessor.load(out/'preprocessor.json')
 
 # %% ../nbs/04_train.ipynb #bfbcf5bf
 def numeric_features() -> list[str]:

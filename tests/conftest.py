@@ -24,3 +24,17 @@ def run_record(proc):
 @pytest.fixture
 def ws(tmp_path):
     return tmp_path/'workspace'
+
+
+@pytest.fixture(scope='session')
+def production_ws(tmp_path_factory):
+    "One full `mlsys run` on the small world, shared: call the fixture with a folder to get a private copy (workspace, run record)."
+    import shutil
+    ws = tmp_path_factory.mktemp('production')/'workspace'
+    p = mlsys('run', '--workspace', ws, *SMALL, *SMALL_TRAIN, *SMALL_GATES)
+    assert p.returncode == 0, p.stderr[-3000:]
+    def copy(dst):
+        shutil.copytree(ws, dst, symlinks=True)
+        return dst
+    copy.original_proc = p
+    return copy
