@@ -161,7 +161,7 @@ def test_feature_store_stopped_degrades_to_fallback(production_ws, tmp_path):
     redis = subprocess.Popen(redis_cmd, stdout=subprocess.DEVNULL)
     s = None
     try:
-        p = mlsys('run', '--workspace', ws, '--from', 'features', '--to', 'features', '-p', 'online', f'redis://127.0.0.1:{port}', '-p', 'parity_pairs', '200')
+        p = mlsys('run', '--workspace', ws, '--from', 'features', '--to', 'features', '-p', 'online', f'redis://127.0.0.1:{port}')
         assert p.returncode == 0, p.stderr[-3000:]
         s = start_server(ws, '--feature-timeout-ms', '500')
         ents = _entities(ws, 16)
