@@ -5,10 +5,11 @@
 # %% ../nbs/08_serve.ipynb #4246822f
 from __future__ import annotations
 import asyncio, hmac, json, math, os, secrets, shutil, tempfile, time, uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -38,9 +39,13 @@ class ServingTransform:
         self.fill, self.mean, self.std = (np.array([s[c][k] for c in self.numeric], np.float64) for k in ('fill', 'mean', 'std'))
         self.log = np.array([s[c]['log'] for c in self.numeric], bool)
         self.vocab = [{v: i + 1 for i, v in enumerate(vs)} for vs in pre.state['categorical'].values()]  # 0 = unseen
+        get = itemgetter(*self.numeric) if self.numeric else (lambda r: ())
+        self._get = get if len(self.numeric) != 1 else (lambda r: (get(r),))
 
     def __call__(self, rows:Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = np.array([[_num(r.get(c)) for c in self.numeric] for r in rows], np.float64).reshape(len(rows), len(self.numeric))
+        try: x = np.array([self._get(r) for r in rows], np.float64)   # NumPy reads None as NaN; a missing key or a string takes the slow path
+        except (KeyError, TypeError, ValueError): x = np.array([[_num(r.get(c)) for c in self.numeric] for r in rows], np.float64)
+        x = x.reshape(len(rows), len(self.numeric))
         x = np.where(np.isnan(x), self.fill, x)
         x[:, self.log] = np.log1p(np.clip(x[:, self.log], 0, None))
         num = ((x - self.mean) / self.std).astype(np.float32)
@@ -54,6 +59,20 @@ def _cat(v) -> str:
     return str(v)
 
 # %% ../nbs/08_serve.ipynb #ef82e158
+def _traced(model, transform) -> Callable:
+    "`model`'s forward pass as a traced TorchScript function, checked against eager mode; the module itself when tracing fails."
+    import warnings
+    if transform is None: return model
+    ex = lambda n: (torch.randn(n, len(transform.numeric)), torch.zeros(n, len(transform.categorical), dtype=torch.long))
+    try:
+        model.requires_grad_(False)
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter('ignore'); f = torch.jit.trace(lambda num, cat: model(num, cat), ex(2), check_trace=False)
+            check = ex(5); ok = torch.allclose(f(*check), model(*check), atol=1e-6)
+        return f if ok else model
+    except Exception: return model
+
+# %% ../nbs/08_serve.ipynb #9b2ff71b
 DECISIONS = np.array(['approve', 'review', 'block'])
 
 @dataclass
@@ -66,10 +85,12 @@ class ServedModel:
     thresholds: dict
     quantized: str|None = None
 
+    def __post_init__(self): self.forward = _traced(self.model, self.transform) if self.model is not None else None
+
     def scores(self, rows:Sequence[dict]) -> np.ndarray:
         "Fraud probabilities for feature dictionaries `rows`."
         num, cat = self.transform(rows)
-        with torch.inference_mode(): return torch.sigmoid(self.model(num, cat)).numpy().astype(float)
+        with torch.inference_mode(): return torch.sigmoid(self.forward(num, cat)).numpy().astype(float)
 
     def decide(self, scores:np.ndarray) -> np.ndarray:
         "approve / review / block for each score, by the version's cost-chosen thresholds."
@@ -85,7 +106,7 @@ def load_served(reg, name:str, ref:int|str='production') -> ServedModel:
     spec = json.loads((Path(row['path'])/'model.json').read_text())
     return ServedModel(name, row['version'], model, ServingTransform(pre), th, spec.get('quantize'))
 
-# %% ../nbs/08_serve.ipynb #9b2ff71b
+# %% ../nbs/08_serve.ipynb #91b72fbc
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Key = Annotated[str, Field(strict=True, min_length=1, max_length=64)]
 
@@ -114,7 +135,7 @@ def request_model(schema:dict, max_instances:int=256):
     return create_model('PredictRequest', __config__=ConfigDict(extra='forbid'),
                         instances=(Annotated[list[Instance], Field(min_length=1, max_length=max_instances)], ...))
 
-# %% ../nbs/08_serve.ipynb #91b72fbc
+# %% ../nbs/08_serve.ipynb #f9874c9b
 def error_detail(e:ValidationError, limit:int=20) -> list[dict]:
     "The errors of `e` as `{'field', 'rule', 'value'}` dictionaries."
     out = []
@@ -125,7 +146,7 @@ def error_detail(e:ValidationError, limit:int=20) -> list[dict]:
         out.append({'field': loc or 'body', 'rule': err['msg'], 'value': val})
     return out
 
-# %% ../nbs/08_serve.ipynb #2505e45f
+# %% ../nbs/08_serve.ipynb #21c7ad2f
 class OnlineFeatures:
     "The model's features for entity requests from a Feast online store, one call per batch; `fallback` for when the store fails."
     def __init__(self, store, refs:Sequence[str]|None=None):
@@ -153,7 +174,7 @@ class OnlineFeatures:
         return [{**{n: None for n in self.names}, **{v: 0 for v in self._velocity}, 'amount_to_avg_30d': a, 'local_hour': h}
                 for a, h in zip(ctx['amount_to_avg_30d'], ctx['local_hour'])]
 
-# %% ../nbs/08_serve.ipynb #21c7ad2f
+# %% ../nbs/08_serve.ipynb #38e9f01b
 class Overloaded(RuntimeError):
     "The batching queue is full: the request is refused now rather than queued without bound."
 
@@ -203,7 +224,7 @@ class Batcher:
                     if not f.done(): f.set_exception(e)
             if self.on_batch: self.on_batch(len(batch), len(self.queue))
 
-# %% ../nbs/08_serve.ipynb #c7900160
+# %% ../nbs/08_serve.ipynb #f0d09c9e
 def quantize(model:torch.nn.Module, recipe:str='dynamic-int8') -> torch.nn.Module:
     "`model` with every `Linear` dynamically quantized to INT8 (`recipe='dynamic-int8'`), in eval mode."
     if recipe != 'dynamic-int8': raise ValueError(f"quantize recipe {recipe!r} is not known; use 'dynamic-int8'")
@@ -232,7 +253,7 @@ def register_quantized(reg, name:str, ref:int|str, frame, y:str='is_fraud', stag
     if stage: reg.promote(f'{name}-int8', v, stage, reason=f"INT8 variant of {name}:{row['version']}")
     return v, metrics
 
-# %% ../nbs/08_serve.ipynb #f0d09c9e
+# %% ../nbs/08_serve.ipynb #3b884cee
 class RulesOnly(ServedModel):
     "The last fallback: transparent rules over the features, no model."
     def __init__(self, name:str='rules'): super().__init__(name, 'rules', None, None, {'review': 0.5, 'block': 0.85})
@@ -255,7 +276,7 @@ def load_chain(reg, name:str, ref:int|str='production') -> tuple[list[ServedMode
             if len(chain) == 2: break
     return chain + [RulesOnly()], errors
 
-# %% ../nbs/08_serve.ipynb #3b884cee
+# %% ../nbs/08_serve.ipynb #d89e2599
 class ServeConfig(BaseModel):
     "Settings of `mlsys serve`; each is a flag of the command."
     model_config = ConfigDict(extra='forbid')
@@ -285,7 +306,7 @@ def _metrics():
                'fetch': Histogram('mlsys_feature_fetch_seconds', 'Online feature reads per batch', registry=r,
                                   buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1))}
 
-# %% ../nbs/08_serve.ipynb #e401ea03
+# %% ../nbs/08_serve.ipynb #f83a0c78
 class Service:
     "The server's state: models, feature source, batcher, metrics; `process` is the batch function."
     def __init__(self, ws:Workspace, cfg:ServeConfig, store=None, reg=None):
@@ -355,7 +376,7 @@ class Service:
         rows, why = [None] * len(items), [[self.model_reason] if self.model_reason else [] for _ in items]
         ent = [i for i, x in enumerate(items) if isinstance(x, EntityInstance)]
         for i, x in enumerate(items):
-            if not isinstance(x, EntityInstance): rows[i] = dict(x.features)
+            if not isinstance(x, EntityInstance): rows[i] = x.features.__dict__   # the validated fields; read, never changed
         if ent:
             got, reason = await self._features([items[i] for i in ent])
             for r, i in zip(got, ent):
@@ -366,7 +387,7 @@ class Service:
         decisions, labels = used.decide(scores), np.full(len(rows), used.label, object)
         if self.challenger is not None and not err: self.route(items, rows, scores, decisions, labels)
         c = self.m['predictions']
-        for (lab, d), k in zip(*np.unique(np.stack([labels, decisions.astype(object)], 1).astype(str), axis=0, return_counts=True)): c.labels(lab, d).inc(int(k))
+        for (lab, d), k in Counter(zip(labels, decisions)).items(): c.labels(lab, d).inc(k)
         if self.model_reason: self.m['degraded'].labels(self.model_reason).inc(len(rows))
         return [{'score': round(float(s), 6), 'decision': str(d), 'model_version': lab, 'degraded': bool(w), 'degraded_reasons': w,
                  'request_id': x.request_id or uuid.uuid4().hex} for s, d, lab, w, x in zip(scores, decisions, labels, why, items)]
@@ -414,7 +435,7 @@ class Service:
         return [{'score': float(v), 'decision': str(d), 'model_version': rules.label, 'degraded': True, 'degraded_reasons': ['internal_error'],
                  'request_id': x.request_id or uuid.uuid4().hex} for v, d, x in zip(s, rules.decide(s), items)]
 
-# %% ../nbs/08_serve.ipynb #f83a0c78
+# %% ../nbs/08_serve.ipynb #f15fd50c
 class _TooLarge(Exception): pass
 
 async def _read_body(request, limit:int) -> bytes:
@@ -443,7 +464,7 @@ def admin_token(ws:Workspace, token:str|None=None) -> str:
         with os.fdopen(fd, 'w') as f: f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
 
-# %% ../nbs/08_serve.ipynb #f15fd50c
+# %% ../nbs/08_serve.ipynb #31dbf835
 def _openapi(app):
     "Make the app's OpenAPI document carry the `/predict` body schema of the model being served."
     from fastapi.openapi.utils import get_openapi
@@ -456,7 +477,7 @@ def _openapi(app):
         app.openapi_schema = doc; return doc
     app.openapi = spec
 
-# %% ../nbs/08_serve.ipynb #b0733323
+# %% ../nbs/08_serve.ipynb #3f4d8626
 def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None, store='auto'):
     "The FastAPI application of `mlsys serve` for `workspace`; `store` is a Feast store, None, or 'auto' (`features/current`)."
     from contextlib import asynccontextmanager
@@ -481,6 +502,7 @@ def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None
         if st is not None:   # the first read loads Feast's registry and opens connections: do it before declaring readiness
             try: svc.features.fetch([EntityInstance(user_id='warm-up', merchant_id=0, device_id='warm-up', amount=1.0)])
             except Exception as e: svc.log.warning('feature store warm-up failed: %s', e)
+        import gc; gc.collect(); gc.freeze()   # the startup heap (torch, Feast, Lightning: millions of objects) leaves the collector's scans
         svc.batcher.start(); app.state.ready = True
         svc.log.info('serving %s (asked for %s:%s) with batches of up to %d', svc.model.label, cfg.model, cfg.ref, cfg.max_batch_size)
         yield
@@ -564,7 +586,7 @@ def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None
     _openapi(app)
     return app
 
-# %% ../nbs/08_serve.ipynb #3f4d8626
+# %% ../nbs/08_serve.ipynb #f9e75c36
 def serve(workspace:str|Path|None=None, host:str='127.0.0.1', port:int=8000, **config):
     "Run the server for `workspace` on `host:port` until interrupted; `config` holds `ServeConfig` fields."
     import uvicorn
@@ -573,7 +595,7 @@ def serve(workspace:str|Path|None=None, host:str='127.0.0.1', port:int=8000, **c
     uvicorn.run(create_app(workspace, cfg), host=host, port=port, loop='uvloop', http='httptools', log_level='warning', access_log=False,
                 proxy_headers=False, server_header=False, date_header=False, timeout_graceful_shutdown=5)
 
-# %% ../nbs/08_serve.ipynb #f9e75c36
+# %% ../nbs/08_serve.ipynb #b3b90fe3
 def _encode(host:str, path:str, body:bytes) -> bytes:
     return f'POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n'.encode() + body
 
@@ -604,7 +626,7 @@ def load_test(port:int, path:str, bodies:Sequence[bytes], n:int, concurrency:int
             'p95_ms': round(float(np.percentile(ms, 95)), 2), 'p99_ms': round(float(np.percentile(ms, 99)), 2),
             'errors': sum(codes.values()) - ok, 'codes': {str(k): v for k, v in codes.items()}}
 
-# %% ../nbs/08_serve.ipynb #b3b90fe3
+# %% ../nbs/08_serve.ipynb #c3ba4b41
 def free_port() -> int:
     import socket
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -637,7 +659,7 @@ def start_server(workspace:str|Path, *args:str, env:dict|None=None, timeout:floa
         except OSError: time.sleep(0.3)
     proc.kill(); raise TimeoutError(f'mlsys serve was not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}')
 
-# %% ../nbs/08_serve.ipynb #c3ba4b41
+# %% ../nbs/08_serve.ipynb #46a4723a
 def _bench_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], list[bytes]]:
     "Entity and raw-vector request bodies from the last transactions of the workspace's lake (vectors read from the online store)."
     import orjson
