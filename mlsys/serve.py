@@ -382,17 +382,19 @@ class Service:
             for r, i in zip(got, ent):
                 rows[i] = r
                 if reason: why[i].append(reason)
-        scores, used, err = self._score(rows)
-        if err: self.m['degraded'].labels(err).inc(len(rows)); [w.append(err) for w in why]
+        t0 = time.perf_counter(); scores, used, err = self._score(rows); ms = (time.perf_counter() - t0) * 1000
+        if err:
+            self.m['degraded'].labels(err).inc(len(rows))
+            for w in why: w.append(err)
         decisions, labels = used.decide(scores), np.full(len(rows), used.label, object)
-        if self.challenger is not None and not err: self.route(items, rows, scores, decisions, labels)
+        if self.challenger is not None and not err: self.route(items, rows, scores, decisions, labels, ms)
         c = self.m['predictions']
         for (lab, d), k in Counter(zip(labels, decisions)).items(): c.labels(lab, d).inc(k)
         if self.model_reason: self.m['degraded'].labels(self.model_reason).inc(len(rows))
         return [{'score': round(float(s), 6), 'decision': str(d), 'model_version': lab, 'degraded': bool(w), 'degraded_reasons': w,
                  'request_id': x.request_id or uuid.uuid4().hex} for s, d, lab, w, x in zip(scores, decisions, labels, why, items)]
 
-    def route(self, items, rows, scores, decisions, labels):
+    def route(self, items, rows, scores, decisions, labels, champion_ms:float):
         "`09_deploy`'s router on one batch: the challenger answers its share (or, in shadow, scores everything and is only logged)."
         from mlsys.deploy import enforce
         r, ch, t0 = self.router, self.challenger, time.perf_counter()
@@ -407,7 +409,7 @@ class Service:
                 self.m['errors'].labels('challenger').inc(); self._warn('challenger', 'challenger %s failed: %s', ch.label, e)
                 self.guard.record('challenger', 0.0, np.ones(len(idx), bool))
         keep = np.setdiff1d(np.arange(len(rows)), [] if r.shadow else idx)
-        if len(keep): self.guard.record('champion', (time.perf_counter() - t0) * 1000, False, scores[keep])
+        if len(keep): self.guard.record('champion', champion_ms, False, scores[keep])
         reasons = enforce(r, self.guard)
         if reasons:
             self.m['errors'].labels('rollback').inc(); self.log.warning('automatic rollback of %s: %s', ch.label, '; '.join(reasons)); self.challenger = None
@@ -570,7 +572,7 @@ def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None
         svc = app.state.svc
         if not authorized(request): return reply({'detail': [{'field': 'authorization', 'rule': 'a valid admin bearer token is required', 'value': None}]}, 401, {'WWW-Authenticate': 'Bearer'}, 'admin')
         if action not in ('route', 'switch', 'rollback'): return refuse(404, 'action', 'one of route, switch, rollback', action)
-        if request.method == 'GET' or action == 'route' and request.method == 'GET': return reply(route_state(svc), endpoint='admin')
+        if request.method == 'GET': return reply(route_state(svc), endpoint='admin')
         from mlsys.deploy import DeployError
         try:
             body = await _read_body(request, 65536); changes = loads(body) if body.strip() else {}
