@@ -46,12 +46,12 @@ check-sync: install-dev
 
 test: check-sync
 	$(BIN)/nbdev_test --flags slow --n_workers 2 --timing
-	$(BIN)/pytest tests -q -p no:cacheprovider
+	$(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15
 	$(BIN)/mlsys run --workspace $$(mktemp -d)/workspace
 
 test-fast: check-sync
 	$(BIN)/nbdev_test --n_workers 2
-	$(BIN)/pytest tests -q -m 'not slow and not service' -p no:cacheprovider
+	$(BIN)/pytest tests -q -m 'not slow and not service' -p no:cacheprovider -n 2 --dist loadgroup
 
 readme: install-dev
 	$(BIN)/python .ci/readme.py

@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument('--max-queue', type=int, default=1024, help='instances waiting before requests get 503')
     sv.add_argument('--feature-timeout-ms', type=float, default=250.0, help='online feature read timeout before fallback features')
     sv.add_argument('--json', dest='json_lib', choices=['orjson', 'stdlib'], default='orjson')
+    sv.add_argument('--no-prediction-log', dest='log_predictions', action='store_false', help='do not append answers to monitoring/predictions')
     sub.add_parser('info', parents=[common], help='versions, devices, workspace')
     return p
 
@@ -100,7 +101,7 @@ def _serve(args, settings) -> int:
     from mlsys.serve import serve
     name, sep, ref = args.model.partition('@')
     if not name: raise UsageError(f'--model {args.model!r}: use NAME@REF, e.g. fraud@production')
-    cfg = {k: getattr(args, k) for k in ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib')}
+    cfg = {k: getattr(args, k) for k in ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib', 'log_predictions')}
     try: serve(settings.workspace.root, args.host, args.port, model=name, ref=ref or 'production', **cfg)
     except ValidationError as e: raise UsageError('; '.join(f"--{'-'.join(map(str, x['loc'])).replace('_', '-')} {x['input']!r}: {x['msg']}" for x in e.errors())) from e
     return 0

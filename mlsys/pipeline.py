@@ -18,8 +18,8 @@ __all__ = ['STAGES', 'OPTIONAL', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'job
            'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
-STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'batch_predict')
-OPTIONAL = {'tune': 'tune'}  # stage -> the -p switch that turns it on
+STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'batch_predict', 'loop')
+OPTIONAL = {'tune': 'tune', 'loop': 'simulate_days'}  # stage -> the -p switch that turns it on
 GLOBAL_PARAMS = ('seed', 'scale', 'fault')  # understood by every run, whichever stages it covers
 RESERVED = {'run_dir': 'the runner', 'workspace': '--workspace'}  # parameters the runner sets itself
 
@@ -42,11 +42,12 @@ def job_parameters(name:str) -> dict:
     return {k: v['default'] for k, v in inspect_notebook(str(path)).items()}
 
 def parse_value(text:str):
-    "A `-p` value as YAML (`3` is an int, `null` is None, `a b` stays a string); `1e-05` is a float (PyYAML alone reads a string)."
-    import re
+    "A `-p` value as YAML (`3` is an int, `null` is None, `a b` stays a string); `1e-05` is a float (PyYAML alone reads a string), a date stays a string."
+    import datetime, re
     if re.fullmatch(r'[+-]?\d+(\.\d*)?[eE][+-]?\d+', text.strip()): return float(text)
-    try: return yaml.safe_load(text)
+    try: v = yaml.safe_load(text)
     except yaml.YAMLError: return text
+    return text if isinstance(v, (datetime.date, datetime.datetime)) else v   # notebooks take JSON values: `2026-01-14` is a day name
 
 # %% ../nbs/16_pipeline.ipynb #0409f36c
 def new_run_dir(ws:Workspace) -> Path:
@@ -152,11 +153,12 @@ def run(settings:Settings|None=None, params:dict|None=None, from_stage:str|None=
         stages:list[str]|None=None, log=None) -> RunResult:
     "Run the pipeline's stages (or `stages`) in order; stop at the first failure."
     settings, params, log = settings or Settings(), dict(params or {}), log or get_logger('mlsys.run')
-    switches = {k: bool(params.pop(k)) for k in set(OPTIONAL.values()) & set(params)}
+    switches = {k: bool(params[k]) for k in set(OPTIONAL.values()) & set(params)}
     names = stages or [n for n in select_stages(from_stage, to_stage) if switches.get(OPTIONAL.get(n), n not in OPTIONAL)]
     declared = {n: job_parameters(n) for n in names}
+    params = {k: v for k, v in params.items() if k not in switches or any(k in d for d in declared.values())}   # a switch reaches the stages that declare it
     check_params(params, declared)
-    delivered = {k: v for k, v in params.items() if any(k in d for d in declared.values())} | switches
+    delivered = switches | {k: v for k, v in params.items() if any(k in d for d in declared.values())}
     for k in sorted(set(params) - set(delivered)): log.warning('parameter %s is declared by none of the stages %s: ignored', k, ', '.join(names))
     ws = settings.workspace.ensure(); run_dir = new_run_dir(ws); results = []
     base = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale,

@@ -336,12 +336,19 @@ def _inject(fault, df, rng) -> tuple[pd.DataFrame|None, int]:
 def _write_parquet(df:pd.DataFrame, path:Path):
     path.parent.mkdir(parents=True, exist_ok=True); df.to_parquet(path, index=False)
 
-def write_lake(w:World, lake:str|Path) -> dict:
+def write_lake(w:World, lake:str|Path,
+               until_day:int|None=None, # land only the days before this one: the rest is the future, held back for `11a_loop`
+              ) -> dict:
     "Land `w` in `lake` (atomically), injecting its fault; return the manifest with the fault's ground truth."
     lake = Path(lake); tmp = lake.with_name(f'.{lake.name}.tmp-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
     cfg, man = w.config, dict(w.manifest)
-    as_of = pd.Timestamp(man['as_of']); start = pd.Timestamp(man['start'], tz='UTC')
+    start = pd.Timestamp(man['start'], tz='UTC')
+    if until_day is not None:
+        if not 7 <= until_day <= cfg.days: raise ValueError(f'until_day={until_day}: must lie between 7 and the world\'s {cfg.days} days')
+        man.update(n_days=until_day, as_of=str(start + pd.Timedelta(days=until_day)), future_days=cfg.days - until_day,
+                   config={**man['config'], 'n_days': cfg.days})   # the whole world's length, to re-simulate it
+    as_of = pd.Timestamp(man['as_of'])
     rng = np.random.default_rng([cfg.seed, 7])
     try: return _land(w, cfg, man, tmp, lake, as_of, start, rng)
     except BaseException:
@@ -392,7 +399,7 @@ def read_table(lake:str|Path, table:str, days:list[str]|None=None) -> pd.DataFra
     if not parts: raise LakeError(f'lake {lake}: table {table!r} has no data for days {days}')
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
-# %% ../nbs/01_world.ipynb #7f4012c9
+# %% ../nbs/01_world.ipynb #5b07840f
 REQUEST_FIELDS = ['transaction_id', 'user_id', 'merchant_id', 'device_id', 'ip', 'channel', 'amount', 'ts']
 
 def serving_requests(tx:pd.DataFrame, users:pd.DataFrame, manifest:dict|None=None) -> pd.DataFrame:
@@ -407,7 +414,7 @@ def serving_requests(tx:pd.DataFrame, users:pd.DataFrame, manifest:dict|None=Non
         req.loc[m, 'request_ts'] = req.ts[m].dt.tz_convert(z).dt.tz_localize(None).dt.tz_localize('UTC')
     return req
 
-# %% ../nbs/01_world.ipynb #6918a736
+# %% ../nbs/01_world.ipynb #55e8cb48
 def _need(df, cols, path):
     missing = [c for c in cols if c not in df.columns]
     if missing: raise ValueError(f'{path}: missing column(s) {missing}; found {list(df.columns)[:8]}')
@@ -423,7 +430,7 @@ def load_movielens(path:str|Path) -> pd.DataFrame:
         raise ValueError(f'{path}: user_id, item_id and timestamp must be present and numeric in every row')
     return df.assign(ts=pd.to_datetime(df.ts, unit='s', utc=True))[['user_id', 'item_id', 'rating', 'ts']]
 
-# %% ../nbs/01_world.ipynb #b52b5289
+# %% ../nbs/01_world.ipynb #482b9d39
 def load_creditcard(path:str|Path, start:str='2013-09-01') -> pd.DataFrame:
     "The Kaggle credit-card fraud CSV as `transaction_id`, `ts`, `amount`, `V1`..`V28`, `is_fraud`."
     df = pd.read_csv(path); v = [f'V{i}' for i in range(1, 29)]

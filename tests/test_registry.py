@@ -1,8 +1,11 @@
 "From raw events to a gated production model: register, batch predict, rebuild from lineage, and a worse model stopped by the regression gate."
 import json, shlex
 import pandas as pd
+import pytest
 from conftest import SMALL_GATES, SMALL_TRAIN, mlsys, run_record
 from mlsys.registry import Registry
+
+pytestmark = pytest.mark.xdist_group('production')   # with test_serve: `production_ws` is built once per worker
 
 FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'batch_predict']
 

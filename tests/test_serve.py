@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mlsys.serve import free_port, load_test, start_server
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.xdist_group('production')]   # one worker builds `production_ws` for both users
 TOKEN = 'test-admin-token'
 
 
@@ -58,6 +58,16 @@ def test_predict_entities_and_vectors(served):
     batch = score(model, pre, pd.DataFrame([v['features'] for v in vec]))
     np.testing.assert_allclose([p['score'] for p in out2['predictions']], batch, atol=1e-5)
     assert sum(abs(a['score'] - b['score']) < 1e-5 for a, b in zip(out['predictions'], out2['predictions'])) >= 6  # NaN features sent as 0.0 may differ
+    # every answer is in the prediction log, with its features, and the user ids hashed (written off the event loop: wait for it)
+    from mlsys.monitor import PredictionLog
+    ids = {p['request_id'] for p in out['predictions']}
+    for _ in range(50):
+        log = PredictionLog(ws/'monitoring'/'predictions').read() if (ws/'monitoring'/'predictions').exists() else pd.DataFrame({'request_id': []})
+        if ids <= set(log.request_id): break
+        time.sleep(0.1)
+    mine = log[log.request_id.isin(ids)]
+    assert len(mine) == 8 and mine.model_version.eq('fraud:1').all() and mine.merchant_fraud_rate.notna().any()
+    assert not set(mine.user_id) & {e['user_id'] for e in ents} and mine.user_id.str.fullmatch('[0-9a-f]{24}').all()
 
 
 def test_bad_input_gets_4xx_naming_field_and_rule(served):
@@ -175,3 +185,16 @@ def test_feature_store_stopped_degrades_to_fallback(production_ws, tmp_path):
     finally:
         if s: s.stop()
         if redis.poll() is None: redis.kill()
+
+
+def test_monitor_job_reads_the_served_log_and_metrics(served):
+    "The monitor job on the server's workspace: the day's logged predictions against the training data, the live server's metrics in the report."
+    from conftest import mlsys, run_record
+    from mlsys.world import partitions
+    ws, s = served
+    day = partitions(ws/'lake', 'transactions')[-1]   # batch_predict and this module's entity requests logged it
+    p = mlsys('job', 'monitor', '--workspace', ws, '-p', 'day', day, '-p', 'metrics_url', s.url('/metrics'))
+    assert p.returncode == 0, p.stderr[-2000:]
+    run_dir, rec = run_record(p)
+    report = (run_dir/'monitor'/f'report-{day}.md').read_text()
+    assert '## System' in report and 'p99_ms' in report and 'mean_batch_size' in report and rec['stages'][0]['metrics']['rows'] > 100
