@@ -54,7 +54,7 @@ class LoopConfig(BaseModel):
     concept_window: int = Field(3, ge=1, description='prediction days pooled by the concept check')
     recovery_window: int = Field(3, ge=1, description='recovery: trailing days of final AUPRC averaged')
     recovery_margin: float = Field(0.1, ge=0, le=1, description='recovery: back within this of the pre-drift median')
-    retrain: RetrainConfig = RetrainConfig(epochs=2, train_days=28, val_days=4, test_days=6, min_auprc=0.3, tolerance=0.1, max_gap=0.35)
+    retrain: RetrainConfig = RetrainConfig(epochs=8, train_days=35, val_days=4, test_days=6, min_auprc=0.3, tolerance=0.1, max_gap=0.35)
     log_features: bool = Field(True, description='write the watched features of each prediction to the log')
 
     @field_validator('policies')
@@ -124,15 +124,15 @@ def replay_world(lake:str|Path, # the landed lake, with its manifest
 # %% ../nbs/11a_loop.ipynb #1819feeb
 class _Service:
     "The production version of a registry, loaded as the server loads it, with its drift references."
-    def __init__(self, reg, name:str, pit:pd.DataFrame, truth:pd.DataFrame, cfg:LoopConfig, day:int):
+    def __init__(self, reg, name:str, pit:pd.DataFrame, truth:pd.DataFrame, cfg:LoopConfig, day:int, live:pd.Timestamp):
         import json
         from mlsys.monitor import DriftDetector
         from mlsys.serve import load_served
         self.served = s = load_served(reg, name, 'production'); self.version, self.since = int(s.version), day
         meta = json.loads((Path(reg.get(name, self.version)['path'])/'model.json').read_text())
         self.inputs = list(s.transform.numeric) + list(s.transform.categorical)
-        end = pd.Timestamp(meta.get('as_of') or meta['train_window'][1]); end = end.tz_localize('UTC') if end.tzinfo is None else end
-        self.trained_until = end
+        t = pd.Timestamp(meta.get('as_of') or meta['train_window'][1]); self.trained_until = t.tz_localize('UTC') if t.tzinfo is None else t
+        end = live   # the references: the days before the model went live
         ref = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days))]
         if len(ref) < 100: raise LoopError(f'model {name}:{self.version}: {len(ref)} reference rows before {end}: need at least 100 (reference_days={cfg.reference_days})')
         ref = self.score(ref)
@@ -180,7 +180,7 @@ class _Replay:
         shutil.rmtree(self.ws.models); shutil.copytree(ws.models, self.ws.models)   # the main registry is never touched
         self.reg, self.policy, self.log = Registry(self.ws.models), make_policy(policy, cfg), PredictionLog(self.ws.monitoring/'predictions')
         w = data['world']; self.truth = w.labels.set_index('transaction_id')[['is_fraud', 'available_at']]
-        self.svc = _Service(self.reg, cfg.name, data['pit'], self.truth, cfg, 0)
+        self.svc = _Service(self.reg, cfg.name, data['pit'], self.truth, cfg, 0, data['live'])
         self.logged = np.zeros(int(w.transactions.transaction_id.max()) + 1, bool)
         self.history, self.timeline, self.retrains = {}, [], []
 
@@ -234,7 +234,7 @@ def day(self:_Replay, day:int, frame:pd.DataFrame, arrived:np.ndarray) -> dict:
         r = retrain(self.ws, self.cfg.name, end, features=self.data['pit'], labels=self.data['world'].labels, users=self.data['world'].users,
                     config=self.cfg.retrain, reason='; '.join(d.reasons), on_error='record')
         row['retrain'] = s = {'day': day, 'triggers': d.reasons, **_retrain_summary(r)}; self.retrains.append(s)
-        if r['promoted']: self.svc = _Service(self.reg, self.cfg.name, self.data['pit'], self.truth, self.cfg, day + 1)
+        if r['promoted']: self.svc = _Service(self.reg, self.cfg.name, self.data['pit'], self.truth, self.cfg, day + 1, end)
     row.pop('_end'); row['seconds'] = round(time.perf_counter() - t, 3); self.timeline.append(row)
     return row
 
