@@ -125,13 +125,10 @@ def replay_world(lake:str|Path, # the landed lake, with its manifest
 class _Service:
     "The production version of a registry, loaded as the server loads it, with its drift references."
     def __init__(self, reg, name:str, pit:pd.DataFrame, truth:pd.DataFrame, cfg:LoopConfig, day:int, live:pd.Timestamp):
-        import json
         from mlsys.monitor import DriftDetector
         from mlsys.serve import load_served
         self.served = s = load_served(reg, name, 'production'); self.version, self.since = int(s.version), day
-        meta = json.loads((Path(reg.get(name, self.version)['path'])/'model.json').read_text())
         self.inputs = list(s.transform.numeric) + list(s.transform.categorical)
-        t = pd.Timestamp(meta.get('as_of') or meta['train_window'][1]); self.trained_until = t.tz_localize('UTC') if t.tzinfo is None else t
         end = live   # the references: the days before the model went live
         ref = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days))]
         if len(ref) < 100: raise LoopError(f'model {name}:{self.version}: {len(ref)} reference rows before {end}: need at least 100 (reference_days={cfg.reference_days})')
