@@ -16,17 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sklearn.metrics import average_precision_score
 
 from .config import Workspace, explain, frame_hash, get_logger, write_json
+from .monitor import WATCH_CATEGORICAL, WATCH_NUMERIC
 from .retrain import RetrainConfig
 
 # %% auto #0
-__all__ = ['POLICIES', 'WATCH_NUMERIC', 'WATCH_CATEGORICAL', 'LoopError', 'LoopConfig', 'loop_config', 'make_policy',
-           'replay_world', 'recovery_days', 'run_loop', 'plot_loop', 'held_back_workspace']
+__all__ = ['POLICIES', 'LoopError', 'LoopConfig', 'loop_config', 'make_policy', 'replay_world', 'recovery_days', 'run_loop',
+           'plot_loop', 'held_back_workspace']
 
 # %% ../nbs/11a_loop.ipynb #c3ee4a9c
 POLICIES = ('none', 'schedule', 'drift', 'performance', 'hybrid')
-WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d', 'user_avg_amount_90d', 'merchant_fraud_rate',
-                 'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d')
-WATCH_CATEGORICAL = ('country', 'local_hour')
 
 class LoopError(ValueError):
     "A loop that cannot run as configured, or input it cannot use; the message names the field, the value and the rule."

@@ -19,8 +19,9 @@ from fastcore.basics import patch
 from .config import atomic_write, get_logger
 
 # %% auto #0
-__all__ = ['PII_FIELDS', 'BACKENDS', 'MonitorError', 'hash_pii', 'PredictionLog', 'join_prediction_labels', 'psi', 'DriftResult',
-           'DriftDetector', 'performance_by_day', 'concept_drift', 'system_metrics', 'daily_report', 'monitor_day']
+__all__ = ['PII_FIELDS', 'BACKENDS', 'GROWING', 'WATCH_NUMERIC', 'WATCH_CATEGORICAL', 'MonitorError', 'hash_pii', 'PredictionLog',
+           'join_prediction_labels', 'psi', 'DriftResult', 'DriftDetector', 'performance_by_day', 'concept_drift',
+           'system_metrics', 'daily_report', 'monitor_day']
 
 # %% ../nbs/10_monitor.ipynb #f70388e4
 PII_FIELDS = ('user_id', 'device_id', 'ip')
@@ -496,3 +497,9 @@ def monitor_day(detector:DriftDetector, # data-drift detector over the model's i
                           'labelled_share': float(c.labelled.sum() / max(c.n.sum(), 1))}
         if len(bad): out['alarms'].append('concept_drift')
     return out
+
+# %% ../nbs/10_monitor.ipynb #5877bdb8
+GROWING = ('user_tx_count_90d', 'user_chargebacks_90d', 'merchant_labels_7d', 'merchant_tx_count_30d')   # counters that grow by construction
+WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d', 'user_avg_amount_90d', 'merchant_fraud_rate',
+                 'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d')   # the fraud model's other inputs, and the raw amount
+WATCH_CATEGORICAL = ('country', 'local_hour')
