@@ -164,7 +164,7 @@ SPECS = {s.name: s for s in [
 # %% ../nbs/03_features.ipynb #6ac0591c
 WARMUP_DAYS = {'user_spend_7d': 7, 'user_tx_count_7d': 7, 'user_avg_amount_30d': 30, 'user_avg_amount_90d': 90, 'user_tx_count_90d': 90,
                'user_chargebacks_90d': 90, 'merchant_fraud_rate': 30, 'merchant_labels_7d': 30, 'merchant_tx_count_30d': 30,
-               'device_users_30d': 30, 'device_ips_30d': 30, 'amount_to_avg_30d': 30}  # others (profile, velocity, hour): none
+               'device_users_30d': 30, 'device_ips_30d': 30, 'amount_to_avg_30d': 30, 'user_is_new': 90}  # others (profile, velocity, hour): none
 
 # %% ../nbs/03_features.ipynb #22905312
 class FeatureDefinitionError(ValueError):
@@ -179,7 +179,7 @@ def check_table(spec:FeatureSpec, df:pd.DataFrame):
 
 # %% ../nbs/03_features.ipynb #0e14c51e
 def transaction_context(inputs:dict) -> dict:
-    "Request-time features: `amount_to_avg_30d` (NaN without an average) and `local_hour` in the home time zone (-1 when unknown)."
+    "Request-time features: `amount_to_avg_30d` (NaN without an average), `local_hour` in the home time zone (-1 when unknown), `user_is_new` (1 without a purchase in the store's 90 days)."
     from datetime import datetime, timezone
     from zoneinfo import ZoneInfo
     ratio, hour, zones = [], [], {}   # ZoneInfo's own cache holds 8 zones; ours holds every zone seen in this call
@@ -188,9 +188,10 @@ def transaction_context(inputs:dict) -> dict:
         ratio.append(float(amount) / float(avg) if ok else float('nan'))
         try: hour.append(datetime.fromtimestamp(int(ts), timezone.utc).astimezone(zones.get(tz) or zones.setdefault(tz, ZoneInfo(tz))).hour)
         except Exception: hour.append(-1)
-    return {'amount_to_avg_30d': ratio, 'local_hour': hour}
+    new = [1.0 if n is None or n != n or n == 0 else 0.0 for n in inputs['user_tx_count_90d']]
+    return {'amount_to_avg_30d': ratio, 'local_hour': hour, 'user_is_new': new}
 
-# %% ../nbs/03_features.ipynb #bd9d6483
+# %% ../nbs/03_features.ipynb #f7ac66b8
 def _copy(fn):
     import types
     new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -216,11 +217,12 @@ def feast_objects(repo:str|Path) -> list:
         objs += [src, views[s.name]]
     req = RequestSource(name='transaction_request', schema=[Field(name='amount', dtype=types.Float64), Field(name='request_ts', dtype=types.Int64)])
     odfv = on_demand_feature_view(sources=[views['user_spend'], views['user_profile'], req], mode='python', owner=OWNER,
-        description='Amount relative to the 30-day average; hour of day in the home time zone.',
-        schema=[Field(name='amount_to_avg_30d', dtype=types.Float64), Field(name='local_hour', dtype=types.Int64)])(_copy(transaction_context))
+        description='Amount relative to the 30-day average; hour of day in the home time zone; no purchase history in the store.',
+        schema=[Field(name='amount_to_avg_30d', dtype=types.Float64), Field(name='local_hour', dtype=types.Int64),
+                Field(name='user_is_new', dtype=types.Float64)])(_copy(transaction_context))
     return objs + [req, odfv]
 
-# %% ../nbs/03_features.ipynb #1e92786b
+# %% ../nbs/03_features.ipynb #780401a2
 def store_yaml(online:str='sqlite', project:str='mlsys') -> str:
     "feature_store.yaml for a local repo; `online` is 'sqlite' or a 'redis://host:port' URL."
     if online == 'sqlite': on = '  type: sqlite\n  path: online.db\n'
@@ -235,7 +237,7 @@ from mlsys.features import feast_objects
 for _o in feast_objects(Path(__file__).parent): globals()[f"{type(_o).__name__}_{_o.name}"] = _o
 '''
 
-# %% ../nbs/03_features.ipynb #780401a2
+# %% ../nbs/03_features.ipynb #16998a51
 def open_store(repo:str|Path):
     "A `FeatureStore` on `repo` (a build folder or `features/current`)."
     import warnings
@@ -266,7 +268,7 @@ def activate(features_dir:str|Path, build:Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     return features_dir/'current'
 
-# %% ../nbs/03_features.ipynb #7e5d60a3
+# %% ../nbs/03_features.ipynb #a8c6433c
 def materialize(store, end:pd.Timestamp, start:pd.Timestamp|None=None) -> dict[str, str]:
     "Materialise every batch view up to `end`: in full the first time (from `start`), incrementally after."
     import contextlib, io
@@ -293,9 +295,9 @@ def push_velocity(store, velocity:pd.DataFrame, until:pd.Timestamp) -> int:
     if len(rows): store.push('user_velocity_push', rows, to=PushMode.ONLINE)
     return len(rows)
 
-# %% ../nbs/03_features.ipynb #d0288cf8
+# %% ../nbs/03_features.ipynb #e1bf8c0d
 FRAUD_VIEWS = ('user_profile', 'user_spend', 'merchant_risk', 'device_fanout', 'user_velocity')
-FRAUD_REFS = [f'{v}:{f}' for v in FRAUD_VIEWS for f in SPECS[v].features] + ['transaction_context:amount_to_avg_30d', 'transaction_context:local_hour']
+FRAUD_REFS = [f'{v}:{f}' for v in FRAUD_VIEWS for f in SPECS[v].features] + [f'transaction_context:{f}' for f in ('amount_to_avg_30d', 'local_hour', 'user_is_new')]
 FRAUD_FEATURES = [r.split(':')[1] for r in FRAUD_REFS]
 STORED = [f for v in FRAUD_VIEWS if not SPECS[v].push for f in SPECS[v].features]
 
@@ -307,7 +309,7 @@ def finish(df:pd.DataFrame) -> pd.DataFrame:
     df['missing'] = df[[c for c in STORED if c in df]].isna().any(axis=1)
     return df
 
-# %% ../nbs/03_features.ipynb #e1bf8c0d
+# %% ../nbs/03_features.ipynb #f5ae9d45
 def check_refs(store, refs:list[str]):
     "Refuse references to views or features the registry does not have, naming them."
     have = {fv.name: {f.name for f in fv.features} for fv in [*store.list_feature_views(), *store.list_on_demand_feature_views()]}
@@ -328,7 +330,7 @@ def online_features(store, req:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.Da
     out = store.get_online_features(features=refs, entity_rows=rows.to_dict('records')).to_df()
     return finish(out[[r.split(':')[1] for r in refs]].set_index(req.index))
 
-# %% ../nbs/03_features.ipynb #1cb1af63
+# %% ../nbs/03_features.ipynb #65896cdf
 def _chunks(users:np.ndarray) -> np.ndarray:
     "Chunk number for each position such that no user repeats within a chunk (greedy, in order)."
     out, seen, k = np.empty(len(users), int), set(), 0

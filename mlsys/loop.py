@@ -4,7 +4,7 @@
 
 # %% ../nbs/11a_loop.ipynb #6f6a725e
 from __future__ import annotations
-import shutil, time
+import json, shutil, time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -50,9 +50,10 @@ class LoopConfig(BaseModel):
     concept_margin: float = Field(0.15, ge=0, le=1, description='concept alarm: pooled provisional recall this far below the reference')
     concept_alpha: float = Field(0.001, gt=0, lt=1)
     concept_window: int = Field(3, ge=1, description='prediction days pooled by the concept check')
+    concept_patience: int = Field(2, ge=1, description='days in a row the concept check must fail before its alarm is raised')
     recovery_window: int = Field(3, ge=1, description='recovery: trailing days of final AUPRC averaged')
     recovery_margin: float = Field(0.1, ge=0, le=1, description='recovery: back within this of the pre-drift median')
-    retrain: RetrainConfig = RetrainConfig(epochs=8, train_days=35, val_days=4, test_days=6, min_auprc=0.3, tolerance=0.1, max_gap=0.35)
+    retrain: RetrainConfig = RetrainConfig(epochs=8, train_days=35, split='users', min_auprc=0.3, tolerance=0.1, max_gap=0.35)
     log_features: bool = Field(True, description='write the watched features of each prediction to the log')
 
     @field_validator('policies')
@@ -127,13 +128,17 @@ class _Service:
         from mlsys.serve import load_served
         self.served = s = load_served(reg, name, 'production'); self.version, self.since = int(s.version), day
         self.inputs = list(s.transform.numeric) + list(s.transform.categorical)
-        end = live   # the references: the days before the model went live
-        ref = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days))]
+        end = live   # the references: the days before the model went live, on rows it was not trained on
+        pit = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=max(cfg.reference_days, 14)))]
+        if json.loads((Path(reg.get(name, self.version)['path'])/'model.json').read_text()).get('split') == 'users':
+            from mlsys.train import holdout_panel
+            pit = pit[holdout_panel(pit.user_id) > 0]   # its training rows reach up to go-live: keep the held-out users
+        ref = pit[pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days)]
         if len(ref) < 100: raise LoopError(f'model {name}:{self.version}: {len(ref)} reference rows before {end}: need at least 100 (reference_days={cfg.reference_days})')
         ref = self.score(ref)
         self.data = DriftDetector(ref, cfg.watch_numeric, cfg.watch_categorical, p_val=cfg.p_val, psi_threshold=cfg.psi_threshold)
         self.pred = DriftDetector(ref, ['score'], ['decision'], p_val=cfg.p_val, psi_threshold=cfg.psi_threshold)
-        known = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=14))]
+        known = pit[pit.event_timestamp >= end - pd.Timedelta(days=14)]
         lab = truth.reindex(known.transaction_id.to_numpy()); ok = (lab.available_at <= end).to_numpy()
         y, flag = lab.is_fraud.to_numpy()[ok].astype(bool), self.score(known[ok]).decision.to_numpy() != 'approve'
         self.reference_recall = float(flag[y].mean()) if y.sum() >= 5 else 0.9
@@ -177,7 +182,7 @@ class _Replay:
         w = data['world']; self.truth = w.labels.set_index('transaction_id')[['is_fraud', 'available_at']]
         self.svc = _Service(self.reg, cfg.name, data['pit'], self.truth, cfg, 0, data['live'])
         self.logged = np.zeros(int(w.transactions.transaction_id.max()) + 1, bool)
-        self.history, self.timeline, self.retrains = {}, [], []
+        self.history, self.timeline, self.retrains, self.concept_streak = {}, [], [], 0
 
     def traffic(self, frame:pd.DataFrame, row:dict) -> dict|None:
         "Score, log and monitor one day's `frame`; the monitor's output, or None when the day cannot be scored (reason in `row`)."
@@ -222,6 +227,9 @@ def day(self:_Replay, day:int, frame:pd.DataFrame, arrived:np.ndarray) -> dict:
     row.update({'drift_data': None if mon is None else mon['data']['score'], 'drifted': [] if mon is None else mon['data']['drifted'],
                 'drift_prediction': None if mon is None else mon['prediction']['score'], 'flag_rate': None if mon is None else mon['prediction'].get('flag_rate'),
                 'alarms': [] if mon is None else mon['alarms'], 'concept_alarm_days': [] if mon is None else mon['concept']['alarm_days']})
+    self.concept_streak = self.concept_streak + 1 if 'concept_drift' in row['alarms'] else 0
+    if 0 < self.concept_streak < self.cfg.concept_patience:   # a check that failed once is noted, not yet an alarm
+        row['alarms'] = [a for a in row['alarms'] if a != 'concept_drift']
     sig = signals(day=day, data_drift='data_drift' in row['alarms'], prediction_drift='prediction_drift' in row['alarms'],
                   drift_score=row['drift_data'] or 0.0, performance=row['auprc_known'], n_labelled_pos=row['known_positives'])
     d = self.policy.decide(day, sig); row.update(triggers=d.reasons, suppressed=d.suppressed, retrain=None)
@@ -300,11 +308,13 @@ def run_loop(ws:Workspace|str|Path, # a workspace landed with held-back days, wi
              and r['model_version'] == first.timeline[0]['model_version']]   # the first model, before the new fraud pattern
     baseline = float(np.median(clean)) if clean else None
     pol = {p: {'timeline': rp.timeline, 'retrains': rp.retrains, 'summary': _policy_summary(rp, onsets, baseline, cfg)} for p, rp in runs.items()}
-    judge = pol.get('hybrid') or next(iter(pol.values()))
+    judge = 'hybrid' if 'hybrid' in pol else next(iter(pol))
+    frozen = 'none' if 'none' in pol else judge   # the concept detector needs a model that serves across the onset
     res = {'config': cfg.model_dump(mode='json'), 'days': n, 'production_start': str(data['live']), 'world_day_of_production_start': data['day0'],
            'covariate_shift_day': onsets['shift_day'], 'concept_drift_day': onsets['drift_day'], 'pre_drift_median_auprc': baseline,
-           'judged_policy': 'hybrid' if 'hybrid' in pol else next(iter(pol)), 'policies': pol,
-           **{k: judge['summary'][k] for k in ('covariate_shift_detection_delay_days', 'concept_drift_detection_delay_days', 'false_alarms_clean_days')},
+           'judged_policy': judge, 'concept_judged_policy': frozen, 'policies': pol,
+           **{k: pol[judge]['summary'][k] for k in ('covariate_shift_detection_delay_days', 'false_alarms_clean_days')},
+           'concept_drift_detection_delay_days': pol[frozen]['summary']['concept_drift_detection_delay_days'],
            'recovery_days': {p: v['summary']['recovery_days'] for p, v in pol.items()},
            'hybrid_recovery_days': pol['hybrid']['summary']['recovery_days'] if 'hybrid' in pol else None,
            'schedule_recovery_days': pol['schedule']['summary']['recovery_days'] if 'schedule' in pol else None,

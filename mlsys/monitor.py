@@ -501,5 +501,5 @@ def monitor_day(detector:DriftDetector, # data-drift detector over the model's i
 # %% ../nbs/10_monitor.ipynb #5877bdb8
 GROWING = ('user_tx_count_90d', 'user_chargebacks_90d', 'merchant_labels_7d', 'merchant_tx_count_30d')   # counters that grow by construction
 WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d', 'user_avg_amount_90d', 'merchant_fraud_rate',
-                 'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d')   # the fraud model's other inputs, and the raw amount
+                 'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d', 'user_is_new')   # the fraud model's other inputs, and the raw amount
 WATCH_CATEGORICAL = ('country', 'local_hour')

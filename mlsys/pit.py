@@ -61,7 +61,7 @@ def _asof(con, view:str, path:str, key:str, ttl, feats:list[str]) -> pd.DataFram
     return con.sql(q).df().set_index('_row').sort_index()
 
 # %% ../nbs/03a_pit.ipynb #7295474e
-ODFV_INPUTS = {'transaction_context': ('amount', 'user_avg_amount_30d', 'request_ts', 'timezone')}
+ODFV_INPUTS = {'transaction_context': ('amount', 'user_avg_amount_30d', 'user_tx_count_90d', 'request_ts', 'timezone')}
 ODFVS = {'transaction_context': transaction_context}
 
 def _on_demand(out:pd.DataFrame, refs:list[str]):

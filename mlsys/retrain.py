@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -174,6 +175,7 @@ class RetrainConfig(BaseModel):
     train_days: float = Field(21, gt=0, description='days of transactions before `as_of` in the training set (validation and test windows included)')
     val_days: float = Field(2, gt=0, description='validation window: thresholds are chosen on it')
     test_days: float = Field(2, gt=0, description='the newest labelled days: candidate and production are judged on them')
+    split: Literal['time', 'users'] = Field('time', description="'time': validation and test are the newest days; 'users': a fixed panel of users, every day trained on (see below)")
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int = Field(2048, ge=1)
     seed: int = Field(0, ge=0)
@@ -232,7 +234,7 @@ def _train(frame:pd.DataFrame, cfg:RetrainConfig):
     from mlsys.evaluate import choose_thresholds, score
     from mlsys.train import FraudDataModule, TabularClassifier, fit, make_trainer, numeric_features
     num = numeric_features()
-    dm = FraudDataModule(frame, num, val_days=cfg.val_days, test_days=cfg.test_days, batch_size=cfg.batch_size)
+    dm = FraudDataModule(frame, num, val_days=cfg.val_days, test_days=cfg.test_days, batch_size=cfg.batch_size, split=cfg.split)
     with _quiet():
         trainer = make_trainer(max_epochs=cfg.epochs, seed=cfg.seed, patience=0)   # seeds everything: build the model after
         model = TabularClassifier(len(num), dm.pre.cardinalities, pos_weight=dm.pos_weight); fit(trainer, model, dm)
@@ -300,7 +302,7 @@ def _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, c
     rec['metrics'] = {'candidate': cand, 'production': prod, 'train_rows': len(dm.train_df), 'train_positives': int(dm.train_df.is_fraud.sum()), 'test_window': window}
     rec['gates'] = [_gate_dict(g) for g in gates]
     _maybe_crash('register', crash_at)
-    save_model(tmp, model, pre, as_of=str(as_of), train_window=[str(dm.train_df.event_timestamp.min()), str(dm.train_df.event_timestamp.max())], test_window=window)
+    save_model(tmp, model, pre, as_of=str(as_of), split=cfg.split, train_window=[str(dm.train_df.event_timestamp.min()), str(dm.train_df.event_timestamp.max())], test_window=window)
     lineage = {'run_id': f'retrain-{as_of:%Y%m%dT%H%M%S}', 'as_of': str(as_of), 'trigger': rec['trigger'], 'train_config': cfg.model_dump(), 'production_before': rec['production_before']}
     v = rec['version'] = reg.register(name, tmp, {**cand, 'thresholds': th, 'as_of': str(as_of)}, rec['gates'], lineage)
     failed = [g for g in rec['gates'] if not g['passed']]
@@ -350,7 +352,7 @@ def retrain(ws:Workspace|str|Path, # workspace: lake, feature store, registry
     rec['production_after'], rec['seconds'] = after and after['version'], round(time.perf_counter() - t0, 2)
     return rec
 
-# %% ../nbs/11_retrain.ipynb #62295b04
+# %% ../nbs/11_retrain.ipynb #28f13ec0
 def provisional_performance(scored:pd.DataFrame, # transactions with `transaction_id`, `event_timestamp` and the model's `score`
                             labels:pd.DataFrame, # `transaction_id`, `is_fraud`, `available_at`
                             as_of, since, # the window is [since, as_of); labels count when they arrived by `as_of`
@@ -365,7 +367,7 @@ def provisional_performance(scored:pd.DataFrame, # transactions with `transactio
     else: perf = float((lab.score.to_numpy()[y] >= threshold).mean()) if pos else None
     return {'performance': perf, 'n_labelled': len(lab), 'n_labelled_pos': pos, 'coverage': len(lab) / len(w) if len(w) else 0.0}
 
-# %% ../nbs/11_retrain.ipynb #62c9a3e5
+# %% ../nbs/11_retrain.ipynb #36366f77
 class LabelGate(BaseModel):
     "Holds a day of labels whose positive rate is `max_ratio` times off the reference and significantly so (`min_z`)."
     model_config = ConfigDict(extra='forbid', frozen=True)
@@ -384,7 +386,7 @@ class LabelGate(BaseModel):
             return f'positive rate {rate:.2%} of {n:,} labels is {ratio:.2f}x the reference {reference:.2%} (z = {z:.1f}); max_ratio={self.max_ratio:g}'
         return None
 
-# %% ../nbs/11_retrain.ipynb #36366f77
+# %% ../nbs/11_retrain.ipynb #76b634d7
 class OnlineModel:
     "Logistic regression updated daily with `partial_fit`, behind a `LabelGate` and a held-out check that rolls a bad update back."
     def __init__(self, pre, # the batch model's fitted `Preprocessor`
@@ -411,7 +413,7 @@ class OnlineModel:
         "Fraud probability of each row of `frame` by the version in service."
         return self.clf.predict_proba(self.features(frame))[:, 1]
 
-# %% ../nbs/11_retrain.ipynb #aa1e043e
+# %% ../nbs/11_retrain.ipynb #19c8be0b
 @patch
 def _learn(self:OnlineModel, X:np.ndarray, y:np.ndarray, epochs:int=1):
     w = np.where(y == 1, self.pos_weight, 1.0)

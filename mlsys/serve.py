@@ -169,7 +169,7 @@ class OnlineFeatures:
     def fallback(self, instances:Sequence[EntityInstance]) -> list[dict]:
         "Batch defaults: stored features missing (filled by the preprocessor), counters zero, request features without the store."
         rows = self._rows(instances)
-        ctx = self._context({'amount': [r['amount'] for r in rows], 'user_avg_amount_30d': [None] * len(rows),
+        ctx = self._context({'amount': [r['amount'] for r in rows], 'user_avg_amount_30d': [None] * len(rows), 'user_tx_count_90d': [None] * len(rows),
                              'request_ts': [r['request_ts'] for r in rows], 'timezone': [None] * len(rows)})
         return [{**{n: None for n in self.names}, **{v: 0 for v in self._velocity}, 'amount_to_avg_30d': a, 'local_hour': h}
                 for a, h in zip(ctx['amount_to_avg_30d'], ctx['local_hour'])]

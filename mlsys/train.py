@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f2194508
 from __future__ import annotations
-import json
+import json, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,10 +19,11 @@ from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'Preprocessor', 'EpochShuffle', 'EpochBatches',
-           'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint',
-           'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'save_model', 'load_model',
-           'numeric_features', 'training_set', 'bench_train']
+__all__ = ['HOLDOUT_SHARES', 'CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'holdout_panel', 'user_split',
+           'Preprocessor', 'EpochShuffle', 'EpochBatches', 'FraudDataModule', 'TabularClassifier', 'EpochSeed',
+           'make_trainer', 'wandb_logger', 'log_checkpoint', 'CheckpointError', 'check_checkpoint',
+           'check_checkpoint_state', 'fit', 'save_model', 'load_model', 'numeric_features', 'training_set',
+           'bench_train']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -45,6 +46,24 @@ def time_split(df:pd.DataFrame, val_days:float=5, test_days:float=5, ts:str='eve
     return parts
 
 # %% ../nbs/04_train.ipynb #d6e96cf0
+HOLDOUT_SHARES = (0.15, 0.15)   # user_split: the validation and test panels, as shares of users
+
+def holdout_panel(user_id:pd.Series) -> np.ndarray:
+    "0 for training users, 1 for the validation panel, 2 for the test panel: a fixed hash of each user id."
+    h = np.array([zlib.crc32(str(u).encode()) % 10_000 for u in user_id], np.int64) / 10_000
+    val, test = HOLDOUT_SHARES
+    return np.where(h < test, 2, np.where(h < test + val, 1, 0))
+
+def user_split(df:pd.DataFrame, key:str='user_id', label:str='is_fraud') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    "Train, validation and test frames of `df`, split by the fixed user panels of `holdout_panel` (every day in each)."
+    if key not in df or label not in df: raise TrainingDataError(f'training set needs columns {key!r} and {label!r}; has {list(df.columns)[:12]}')
+    panel = holdout_panel(df[key]); parts = df[panel == 0], df[panel == 1], df[panel == 2]
+    for name, p in zip(('train', 'validation', 'test'), parts):
+        if len(p) == 0 or p[label].nunique() < 2:
+            raise TrainingDataError(f'the {name} panel of user_split has {len(p):,} rows and {int(p[label].sum()) if len(p) else 0} positives: it needs both classes')
+    return parts
+
+# %% ../nbs/04_train.ipynb #8409bf6f
 @dataclass
 class Preprocessor:
     "Fill, log1p, standardise numeric columns; map categorical columns to vocabulary indices (0 = unseen)."
@@ -81,7 +100,7 @@ class Preprocessor:
     @staticmethod
     def load(path:str|Path) -> Preprocessor: return Preprocessor(**json.loads(Path(path).read_text()))
 
-# %% ../nbs/04_train.ipynb #5a0813a5
+# %% ../nbs/04_train.ipynb #46300938
 class EpochShuffle(torch.utils.data.Sampler):
     "Random permutation of `range(n)` that depends only on `seed` and the epoch set by `set_epoch`."
     def __init__(self, n:int, seed:int=0): self.n, self.seed, self.epoch = n, seed, 0
@@ -94,16 +113,17 @@ class EpochBatches(torch.utils.data.BatchSampler):
     def set_epoch(self, epoch:int):
         if hasattr(self.sampler, 'set_epoch'): self.sampler.set_epoch(epoch)
 
-# %% ../nbs/04_train.ipynb #38f82602
+# %% ../nbs/04_train.ipynb #1543fed6
 CATEGORICAL = ['country', 'local_hour']
 
 class FraudDataModule(L.LightningDataModule):
-    "Time-split tensors of a labelled training set, with a `Preprocessor` fitted on the training window."
+    "Tensors of a labelled training set split by time or by user panel, with a `Preprocessor` fitted on the training part."
     def __init__(self, frame:pd.DataFrame, numeric:list[str], categorical:list[str]=CATEGORICAL, batch_size:int=1024,
-                 val_days:float=5, test_days:float=5, num_workers:int=0):
+                 val_days:float=5, test_days:float=5, num_workers:int=0, split:str='time'): # split: 'time' (`time_split`) or 'users' (`user_split`)
         super().__init__()
-        self.frame, self.batch_size, self.num_workers, self.windows = frame, batch_size, num_workers, (val_days, test_days)
-        self.train_df, self.val_df, self.test_df = time_split(frame, val_days, test_days)
+        if split not in ('time', 'users'): raise TrainingDataError(f"split={split!r} must be 'time' or 'users'")
+        self.frame, self.batch_size, self.num_workers, self.windows, self.split = frame, batch_size, num_workers, (val_days, test_days), split
+        self.train_df, self.val_df, self.test_df = time_split(frame, val_days, test_days) if split == 'time' else user_split(frame)
         self.pre = Preprocessor(list(numeric), list(categorical)).fit(self.train_df)
         self.tensors = {k: TensorDataset(*self.pre.transform(d), torch.tensor(d.is_fraud.to_numpy(), dtype=torch.float32))
                         for k, d in (('train', self.train_df), ('val', self.val_df), ('test', self.test_df))}
@@ -117,7 +137,7 @@ class FraudDataModule(L.LightningDataModule):
     def val_dataloader(self): return self._loader('val')
     def test_dataloader(self): return self._loader('test')
 
-# %% ../nbs/04_train.ipynb #46300938
+# %% ../nbs/04_train.ipynb #a25b6963
 class TabularClassifier(L.LightningModule):
     "Embeddings for categoricals + MLP, weighted BCE, AUROC/AUPRC metrics."
     def __init__(self, n_numeric:int, cardinalities:list[int], hidden:tuple=(64, 32), dropout:float=0.1, lr:float=3e-3,
@@ -149,7 +169,7 @@ class TabularClassifier(L.LightningModule):
     def test_step(self, batch, _): self._eval(batch, 'test')
     def configure_optimizers(self): return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
-# %% ../nbs/04_train.ipynb #08319214
+# %% ../nbs/04_train.ipynb #69223488
 class EpochSeed(L.Callback):
     "Reseed Python, NumPy and torch from `seed + epoch` when each training epoch starts."
     def __init__(self, seed:int): self.seed = seed
@@ -164,7 +184,7 @@ def _atomic_checkpoint_io():
             tmp = f'{path}.{os.getpid()}.tmp'; super().save_checkpoint(checkpoint, tmp, storage_options); os.replace(tmp, path)
     return AtomicCheckpointIO()
 
-# %% ../nbs/04_train.ipynb #a25b6963
+# %% ../nbs/04_train.ipynb #10a9cc13
 def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_nodes:int=1, precision:str|None=None,
                  accumulate:int=1, clip:float=1.0, patience:int=3, ckpt_dir:str|Path|None=None, logger=False,
                  seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None, group:str|None=None,
@@ -183,7 +203,7 @@ def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_
                      enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=bool(ckpt_dir),
                      plugins=[_atomic_checkpoint_io()] if ckpt_dir else None, default_root_dir=ckpt_dir, **kwargs)
 
-# %% ../nbs/04_train.ipynb #724d89ab
+# %% ../nbs/04_train.ipynb #eab48d9e
 def wandb_logger(save_dir:str|Path, project:str='mlsys', group:str|None=None):
     "A `WandbLogger` under `save_dir`: online only with a configured API key, offline otherwise."
     import os
@@ -200,7 +220,7 @@ def log_checkpoint(trainer:L.Trainer, name:str='fraud-mlp'):
     art = wandb.Artifact(name, type='model', metadata={'val_auprc': float(trainer.checkpoint_callback.best_model_score or 0)})
     art.add_file(best); trainer.logger.experiment.log_artifact(art); return art
 
-# %% ../nbs/04_train.ipynb #10a9cc13
+# %% ../nbs/04_train.ipynb #73be9f1a
 class CheckpointError(ValueError):
     "A checkpoint that cannot be resumed into this model; the message names the cause."
 
@@ -225,7 +245,7 @@ def fit(trainer:L.Trainer, model:L.LightningModule, dm:L.LightningDataModule, re
     if last is not None: check_checkpoint(last, model)
     trainer.fit(model, dm, ckpt_path=last); return last
 
-# %% ../nbs/04_train.ipynb #712a1787
+# %% ../nbs/04_train.ipynb #d3aba76c
 def save_model(out:str|Path, model:TabularClassifier, pre:Preprocessor, **meta) -> Path:
     "Write `weights.safetensors`, `preprocessor.json` and `model.json` (hyper-parameters, inputs, `meta`) to folder `out`."
     from safetensors.torch import save
@@ -248,7 +268,7 @@ def load_model(out:str|Path) -> tuple[TabularClassifier, Preprocessor]:
         model = quantize(model, spec['quantize'])
     return model, Preprocessor.load(out/'preprocessor.json')
 
-# %% ../nbs/04_train.ipynb #bfbcf5bf
+# %% ../nbs/04_train.ipynb #d43b3d3f
 def numeric_features() -> list[str]:
     "The fraud model's numeric inputs: the feature service's fields minus the categorical ones."
     from mlsys.features import FRAUD_FEATURES
@@ -266,7 +286,7 @@ def training_set(ws) -> pd.DataFrame:
     pit = fast_training_set(open_store(ws.features/'current'), fraud_entities(read_table(ws.lake, 'transactions')))
     return labelled_set(pit, read_table(ws.lake, 'labels'), pd.Timestamp(man['as_of']))
 
-# %% ../nbs/04_train.ipynb #c143194e
+# %% ../nbs/04_train.ipynb #7bc20776
 def _raw_epochs(model, loader, epochs, device, bf16):
     "Plain PyTorch: the same steps Lightning takes, timed per epoch."
     import time
