@@ -39,8 +39,10 @@ def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     from mlsys.registry import sha256
     assert sha256(f"{train['artifacts']['model']}/weights.safetensors") == show['files']['weights.safetensors']
 
-    # a deliberately worse model (untrained: -p epochs 0) is stopped by the regression gate; production is unchanged
-    p = mlsys('run', '--workspace', ws, '--from', 'train', *SMALL_TRAIN, *SMALL_GATES, '-p', 'epochs', '0')
+    # a deliberately worse model (untrained: -p epochs 0) is stopped by the regression gate; production is unchanged.
+    # The 10-day world's two test days hold one labelled fraud, which a random network may rank first by luck: seed 42 does
+    # since the feature set grew (AUPRC 1.0), seed 1 does not (0.02). A larger test world would make this check independent of the draw.
+    p = mlsys('run', '--workspace', ws, '--from', 'train', *SMALL_TRAIN, *SMALL_GATES, '-p', 'epochs', '0', '-p', 'seed', '1')
     run_dir, rec = run_record(p)
     assert p.returncode == 1 and rec['failed_stage'] == 'evaluate' and 'no regression' in rec['reason'], p.stderr[-2000:]
     assert reg.get('fraud', 'production')['version'] == 1 and reg.list('fraud').version.tolist() == [1]
