@@ -41,7 +41,7 @@ class LoopConfig(BaseModel):
     min_perf: float = Field(0.5, gt=0, le=1, description='performance trigger: provisional AUPRC below this fires')
     min_labelled: int = Field(15, ge=1, description='performance trigger: labelled frauds needed behind the provisional AUPRC')
     perf_days: int = Field(7, ge=1, description='trailing days of predictions behind the provisional AUPRC (never before the model went live)')
-    reference_days: int = Field(7, ge=1, description='detector reference: the days before the production model went live')
+    reference_days: int = Field(7, ge=1, description="detector reference: the last days of the production model's training window")
     watch_numeric: tuple[str, ...] = WATCH_NUMERIC
     watch_categorical: tuple[str, ...] = WATCH_CATEGORICAL
     p_val: float = Field(0.05, gt=0, lt=1, description='family-wise level of the drift tests of one day')

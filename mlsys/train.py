@@ -77,8 +77,7 @@ class Preprocessor:
             x = pd.to_numeric(df[c], errors='coerce').astype(float); fill = float(x.median()) if x.notna().any() else 0.0
             log = bool(x.min() >= 0 and x.quantile(0.99) > 20)
             x = x.fillna(fill); x = np.log1p(x) if log else x
-            flag = bool(x.isin((0.0, 1.0)).all())   # a 0/1 flag stays 0/1: standardised, a rare one would be about +-45
-            num[c] = {'fill': fill, 'log': log, 'mean': 0.0 if flag else float(x.mean()), 'std': 1.0 if flag else float(x.std()) or 1.0}
+            num[c] = {'fill': fill, 'log': log, 'mean': float(x.mean()), 'std': float(x.std()) or 1.0}
         self.state = {'numeric': num, 'categorical': {c: sorted(map(str, df[c].dropna().unique())) for c in self.categorical}}
         return self
 
