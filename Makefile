@@ -4,9 +4,10 @@ PYTHON ?= python3.11
 TORCH  ?= torch==2.13.0
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+RUNTIME_VENV ?= .venv-runtime
 WORKSPACE ?= workspace
 
-.PHONY: run test test-fast check-sync readme lab docs bench install install-dev clean
+.PHONY: run test test-fast check-sync check-runtime readme lab docs bench install install-dev clean
 .DEFAULT_GOAL := run
 
 $(BIN)/python:
@@ -44,10 +45,21 @@ check-sync: install-dev
 	@$(BIN)/python .ci/readme.py --check
 	@echo "check-sync: notebooks clean, library in sync, README in sync"
 
+# The package as a user gets it: `pip install .` (not editable, no extras) in a second environment, used from outside
+# the repository. Every module and every job notebook's imports must load, and the pipeline must run end to end.
+check-runtime:
+	rm -rf $(RUNTIME_VENV) build
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install --quiet --no-compile $(TORCH)
+	$(RUNTIME_VENV)/bin/pip install --quiet --no-compile .
+	$(RUNTIME_VENV)/bin/pip check
+	cd $$(mktemp -d) && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/.ci/imports.py
+	cd $$(mktemp -d) && $(CURDIR)/$(RUNTIME_VENV)/bin/mlsys run --workspace workspace
+
 test: check-sync
 	$(BIN)/nbdev_test --flags slow --n_workers 2 --timing
 	$(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15
-	$(BIN)/mlsys run --workspace $$(mktemp -d)/workspace
+	$(MAKE) check-runtime
 
 test-fast: check-sync
 	$(BIN)/nbdev_test --n_workers 2

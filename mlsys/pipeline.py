@@ -27,10 +27,11 @@ class UsageError(ValueError):
     "The command was used wrongly (unknown stage or parameter); exit code 2."
 
 def jobs_dir() -> Path:
-    "Folder of the job notebooks: `$MLSYS_JOBS`, else `nbs/jobs` beside the package."
+    "Folder of the job notebooks: `$MLSYS_JOBS`, else `nbs/jobs` of a repository checkout, else the copy inside the package."
     import mlsys
-    d = Path(os.environ.get('MLSYS_JOBS') or Path(mlsys.__file__).resolve().parent.parent/'nbs'/'jobs')
-    if not d.is_dir(): raise UsageError(f'job notebooks not found at {d}; install mlsys from its repository (pip install -e .) or set MLSYS_JOBS')
+    here = Path(mlsys.__file__).resolve().parent
+    d = Path(os.environ.get('MLSYS_JOBS') or next((p for p in (here.parent/'nbs'/'jobs', here/'jobs') if p.is_dir()), here/'jobs'))
+    if not d.is_dir(): raise UsageError(f'job notebooks not found at {d}: reinstall mlsys (pip install .) or set MLSYS_JOBS')
     return d
 
 # %% ../nbs/16_pipeline.ipynb #496c4324
@@ -92,10 +93,14 @@ def _one_line(text:str, limit:int=500) -> str:
     line = ' '.join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + '...'
 
-def _ipc_kernel_manager():
+def _job_kernel_manager():
+    "Kernels on local sockets, running this interpreter: a `python3` kernelspec elsewhere on the machine is not used."
     from jupyter_client.manager import AsyncKernelManager
-    class IPCKernelManager(AsyncKernelManager): transport = 'ipc'
-    return IPCKernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    class JobKernelManager(AsyncKernelManager):
+        transport = 'ipc'
+        def _kernel_spec_manager_default(self): return KernelSpecManager(kernel_dirs=[])   # -> ipykernel's own spec
+    return JobKernelManager
 
 def _execute(name:str, params:dict, run_dir:Path) -> StageResult:
     "Run job `name` with `params` under papermill; never raises for a failure inside the notebook."
@@ -104,7 +109,7 @@ def _execute(name:str, params:dict, run_dir:Path) -> StageResult:
     started, t0, reason = _now(), time.perf_counter(), None
     os.environ.setdefault('MLSYS_PROGRESS', 'log')
     try: pm.execute_notebook(str(jobs_dir()/f'{name}.ipynb'), str(part), parameters=params, kernel_name='python3',
-                             progress_bar=False, cwd=str(run_dir), kernel_manager_class=_ipc_kernel_manager())
+                             progress_bar=False, cwd=str(run_dir), kernel_manager_class=_job_kernel_manager())
     except pm.PapermillExecutionError as e: reason = _one_line(f'{e.ename}: {e.evalue}')
     except Exception as e: reason = _one_line(f'{type(e).__name__}: {e}')
     finally:
