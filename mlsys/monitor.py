@@ -155,6 +155,15 @@ def read(self:PredictionLog, days:Sequence[str]|None=None) -> pd.DataFrame:
             warnings.warn(f'{p}: skipped {bad} unparseable line(s) (a torn write?)', stacklevel=2)
     return _frame(recs) if recs else pd.DataFrame(columns=['request_id', 'ts', 'score'])
 
+# %% ../nbs/10_monitor.ipynb #ae1fe856
+@patch
+def latest_day(self:PredictionLog, min_rows:int=1) -> str: # newest day whose file holds at least `min_rows` lines
+    "The newest day with `min_rows` or more logged predictions; a `MonitorError` listing the days when none has."
+    counts = {d: (self.root/f'{d}.jsonl').read_bytes().count(b'\n') for d in self.days()}
+    day = next((d for d in reversed(counts) if counts[d] >= min_rows), None)
+    if day is None: raise MonitorError(f'no day of {self.root} holds min_rows={min_rows} predictions: {counts or "the log is empty"}')
+    return day
+
 # %% ../nbs/10_monitor.ipynb #332c36c7
 @patch
 def join_labels(self:PredictionLog, labels:pd.DataFrame, # `key`, `is_fraud` and, optionally, `available_at`

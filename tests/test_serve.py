@@ -1,5 +1,5 @@
 "`mlsys serve` over HTTP: predictions of both kinds, bad input, batching, overload, degradation with the feature store stopped, and a schemathesis fuzz."
-import json, shutil, signal, subprocess, time, urllib.request
+import json, re, shutil, signal, subprocess, time, urllib.request
 import numpy as np
 import pytest
 from mlsys.serve import free_port, load_test, start_server
@@ -198,3 +198,18 @@ def test_monitor_job_reads_the_served_log_and_metrics(served):
     run_dir, rec = run_record(p)
     report = (run_dir/'monitor'/f'report-{day}.md').read_text()
     assert '## System' in report and 'p99_ms' in report and 'mean_batch_size' in report and rec['stages'][0]['metrics']['rows'] > 100
+
+
+def test_readme_example_request_and_refusal(served):
+    "The README's first request and its 422 example, sent as written there: the answers have the fields it shows."
+    from conftest import ROOT
+    readme = (ROOT/'README.md').read_text()
+    body = json.loads(re.search(r"-d '(\{.*?\})'", readme).group(1))
+    shown = json.loads(re.search(r'```json\n(.*?)\n```', readme, re.S).group(1))
+    code, out, _ = post(served[1].url('/predict'), body)
+    assert code == 200 and out.keys() == shown.keys() and out['predictions'][0].keys() == shown['predictions'][0].keys()
+    assert out['predictions'][0]['decision'] in ('approve', 'review', 'block') and not out['predictions'][0]['degraded']
+    refused = json.loads(re.search(r'answers `(\{"detail".*?\})`', readme).group(1))
+    bad = {'instances': [{**body['instances'][0], 'merchant_id': -1}]}
+    got = post(served[1].url('/predict'), bad)[:2]
+    assert got == (422, refused), got
