@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUNTIME_VENV ?= .venv-runtime
 WORKSPACE ?= workspace
 
-.PHONY: run test test-fast check-sync check-runtime readme lab docs bench install install-dev clean
+.PHONY: run test test-fast test-steps test-notebooks test-pytest check-sync runtime-env check-runtime readme lab docs bench install install-dev clean
 .DEFAULT_GOAL := run
 
 $(BIN)/python:
@@ -46,20 +46,33 @@ check-sync: install-dev
 	@echo "check-sync: notebooks clean, library in sync, README in sync"
 
 # The package as a user gets it: `pip install .` (not editable, no extras) in a second environment, used from outside
-# the repository. Every module and every job notebook's imports must load, and the pipeline must run end to end.
-check-runtime:
+# the repository. Every module and every job notebook's imports must load there, and the pipeline must run end to end.
+$(RUNTIME_VENV)/.installed: setup.py settings.ini $(wildcard mlsys/*.py) $(wildcard nbs/jobs/*.ipynb)
 	rm -rf $(RUNTIME_VENV) build
 	$(PYTHON) -m venv $(RUNTIME_VENV)
 	$(RUNTIME_VENV)/bin/pip install --quiet --no-compile $(TORCH)
 	$(RUNTIME_VENV)/bin/pip install --quiet --no-compile .
 	$(RUNTIME_VENV)/bin/pip check
+	@touch $@
+
+runtime-env: $(RUNTIME_VENV)/.installed
+
+check-runtime: runtime-env
 	cd $$(mktemp -d) && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/.ci/imports.py
 	cd $$(mktemp -d) && $(CURDIR)/$(RUNTIME_VENV)/bin/mlsys run --workspace workspace
 
-test: check-sync
+test-notebooks: install-dev
 	$(BIN)/nbdev_test --flags slow --n_workers 2 --timing
+
+test-pytest: install-dev
 	$(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15
-	$(MAKE) check-runtime
+
+# `make test` runs these in order; .ci/run runs the same list one by one and prints how long each took.
+TEST_STEPS := install-dev check-sync test-notebooks test-pytest runtime-env check-runtime
+test-steps:
+	@echo $(TEST_STEPS)
+
+test: $(TEST_STEPS)
 
 test-fast: check-sync
 	$(BIN)/nbdev_test --n_workers 2

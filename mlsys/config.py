@@ -5,7 +5,7 @@
 # %% ../nbs/00_config.ipynb #a25dbb41
 from __future__ import annotations
 import hashlib, json, logging, os, platform, random, subprocess, sys, time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # %% auto #0
 __all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'write_json', 'SettingsError', 'Settings',
-           'explain', 'load_settings', 'seed_everything', 'stable_hash', 'frame_hash', 'package_versions', 'lineage',
-           'get_logger', 'progress']
+           'explain', 'validated', 'load_settings', 'seed_everything', 'stable_hash', 'frame_hash', 'package_versions',
+           'lineage', 'model_lineage', 'get_logger', 'progress']
 
 # %% ../nbs/00_config.ipynb #85d1b4f4
 WORKSPACE_DIRS = ('lake', 'features', 'models', 'predictions', 'runs', 'tracking', 'monitoring', 'bench')
@@ -82,6 +82,18 @@ def explain(e:ValidationError, source:Mapping[str,str]|None=None) -> str:
         where = f" (from {source.get(key, 'defaults')})" if source is not None else ''
         msgs.append(f"{key}={err.get('input')!r}: {rule}{where}" if key else f'{rule}{where}')
     return '; '.join(msgs)
+
+# %% ../nbs/00_config.ipynb #630e14b4
+def validated(cls:type[BaseModel], # the pydantic model to build
+              error:type[Exception]=ValueError, # raised, with `explain`'s message, instead of pydantic's `ValidationError`
+              prefix:str|None=None) -> Callable[..., BaseModel]: # start of the message; default `invalid <cls name>`
+    "A constructor of `cls` from keywords that raises `error` naming each bad field, its value and its rule."
+    prefix = prefix or f'invalid {cls.__name__}'
+    def make(**kw) -> BaseModel:
+        try: return cls(**kw)
+        except ValidationError as e: raise error(f'{prefix}: {explain(e)}') from None
+    make.__doc__ = f'A `{cls.__name__}` from keywords; a `{error.__name__}` names each bad field, its value and its rule.'
+    return make
 
 # %% ../nbs/00_config.ipynb #efbc0767
 def _env_layer(environ:Mapping[str,str]) -> dict:
@@ -164,6 +176,19 @@ def lineage(config:Mapping|None=None, # settings and parameters that shaped the 
             'python': platform.python_version(), 'platform': platform.platform(),
             'packages': package_versions(), 'config': dict(config or {}),
             'config_hash': stable_hash(dict(config or {})), 'data_hashes': dict(data_hashes or {})}
+
+# %% ../nbs/00_config.ipynb #2a66037e
+def model_lineage(run:Mapping|None=None, # the run's `lineage` record; None: this process's code and environment
+                  recipe:Mapping|None=None, # the training recipe's parameters
+                  recipe_source:str='', # where the recipe came from
+                  rebuild_command:str='mlsys run --to train', # the command that reproduces the model, without its parameters
+                  rebuild_params:Mapping|None=None, # the command's `-p` parameters
+                  data_hashes:Mapping[str,str]|None=None, # more inputs, added to the run's
+                  **extra) -> dict: # run_id, train_config, as_of, trigger, ...: recorded as given
+    "The lineage of a model version: a run's lineage, the recipe and its source, and the command that rebuilds the model."
+    base = dict(run) if run is not None else lineage()
+    return {**base, **extra, 'data_hashes': {**base.get('data_hashes', {}), **(data_hashes or {})}, 'recipe': dict(recipe or {}),
+            'recipe_source': recipe_source, 'rebuild_command': rebuild_command, 'rebuild_params': dict(rebuild_params or {})}
 
 # %% ../nbs/00_config.ipynb #567bf25f
 _FMT = '%(asctime)s %(levelname)-7s %(name)s: %(message)s'

@@ -13,14 +13,12 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pydantic import ValidationError
-from .config import explain, frame_hash, progress, write_json
+from .config import frame_hash, progress, validated, write_json
 
 # %% auto #0
-__all__ = ['FAULTS', 'SCALES', 'COUNTRIES', 'CATEGORIES', 'DEVICES', 'CHANNELS', 'AGE_BUCKETS', 'GENRES', 'PATTERNS',
-           'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'world_config', 'World', 'simulate', 'LakeError',
-           'write_lake', 'read_manifest', 'partitions', 'read_table', 'serving_requests', 'load_movielens',
-           'load_creditcard']
+__all__ = ['FAULTS', 'SCALES', 'world_config', 'COUNTRIES', 'CATEGORIES', 'DEVICES', 'CHANNELS', 'AGE_BUCKETS', 'GENRES',
+           'PATTERNS', 'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'World', 'simulate', 'LakeError', 'write_lake',
+           'read_manifest', 'partitions', 'read_table', 'serving_requests', 'load_movielens', 'load_creditcard']
 
 # %% ../nbs/01_world.ipynb #6ccb204a
 FAULTS = ('null_spike', 'schema_change', 'out_of_range', 'duplicate_keys', 'stale_partition', 'timezone_bug')
@@ -60,10 +58,7 @@ class WorldConfig(BaseModel):
     def first_fault_day(self) -> int: return self.days - 3 if self.fault_day is None else self.fault_day
 
 # %% ../nbs/01_world.ipynb #4dc9c5ca
-def world_config(**kw) -> WorldConfig:
-    "A `WorldConfig` from keyword knobs, with an error that names each bad knob and its rule."
-    try: return WorldConfig(**kw)
-    except ValidationError as e: raise ValueError(f'invalid world: {explain(e)}') from None
+world_config = validated(WorldConfig, ValueError, 'invalid world')
 
 # %% ../nbs/01_world.ipynb #a9cec987
 COUNTRIES = {  # country: (share of users before any shift, time zones)
@@ -83,7 +78,7 @@ def _ip(rng, n, first=None) -> np.ndarray:
     "Random dotted IPv4 strings; `first` fixes the first octet (a fraud ring's block)."
     o = rng.integers(1, 255, size=(n, 4))
     if first is not None: o[:, 0] = first
-    return np.array(['.'.join(map(str, r)) for r in o], dtype=object)
+    return np.array([f'{a}.{b}.{c}.{d}' for a, b, c, d in o.tolist()], dtype=object)   # Python ints: 5x faster than numpy's
 
 def _users(rng, n, start, n_days, countries=None, signup_from=None) -> pd.DataFrame:
     names = list(COUNTRIES)
@@ -128,7 +123,7 @@ def _legit(rng, users, merchants, start, n_days, rate_scale=1.0) -> pd.DataFrame
     home_ip = _ip(rng, n); roaming = rng.random(len(u)) < 0.1
     return pd.DataFrame({'user_idx': u, 'merchant_id': m.astype('int64'), 'amount': amount,
         'ts': start + pd.to_timedelta(day, 'D') + pd.to_timedelta(rng.integers(0, 86_400, len(u)), 's'),
-        'channel': channel, 'device_id': [f'd{i}-{int(s)}' for i, s in zip(u, second)],
+        'channel': channel, 'device_id': [f'd{i}-{s}' for i, s in zip(u.tolist(), second.astype(int).tolist())],
         'ip': np.where(roaming, _ip(rng, len(u)), home_ip[u]), 'pattern': None})
 
 # %% ../nbs/01_world.ipynb #891e870f
@@ -202,7 +197,7 @@ def _labels(rng, tx, median_days) -> pd.DataFrame:
     delay = np.clip(rng.lognormal(np.log(median_days), 0.6, len(tx)), 1, 90)
     return pd.DataFrame({'transaction_id': tx.transaction_id.to_numpy(), 'is_fraud': tx.pattern.notna().to_numpy(),
                          'pattern': tx.pattern.to_numpy(), 'label_delay_days': delay.round(2),
-                         'available_at': (tx.ts + pd.to_timedelta(delay * 86_400, 's').round('s')).to_numpy()})
+                         'available_at': (tx.ts + pd.to_timedelta(delay * 86_400, 's').round('s')).array})   # .array keeps the time zone without boxing
 
 # %% ../nbs/01_world.ipynb #74539640
 def _interactions(rng, users, items, start, n_days) -> pd.DataFrame:
@@ -360,7 +355,8 @@ def _land(w, cfg, man, tmp, lake, as_of, start, rng) -> dict:
     for name, df in progress(w.tables().items(), 'landing tables', total=len(w.TABLES)):
         if name not in EVENT_TABLES: _write_parquet(df, tmp/name/'part-0.parquet'); continue
         col = EVENT_TABLES[name]; df = df[df[col] < as_of]
-        for day, part in df.groupby(df[col].dt.strftime('%Y-%m-%d'), sort=True):
+        for key, part in df.groupby(df[col].dt.floor('D'), sort=True):   # a day's midnight: formatting every row costs seconds
+            day = f'{key:%Y-%m-%d}'
             if fault and name == 'transactions' and day >= fault['from_date']:
                 part, k = _inject(cfg.fault, part, rng)
                 fault['rows_affected'] += k; fault['partitions'].append(day)
