@@ -26,15 +26,32 @@ def ws(tmp_path):
     return tmp_path/'workspace'
 
 
+def shared_once(tmp_path_factory, name:str, build) -> Path:
+    "A folder built once per test session, also under xdist: the first worker to ask runs `build(folder)`, under a file lock; the others wait and reuse it."
+    from filelock import FileLock
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get('PYTEST_XDIST_WORKER'): root = root.parent   # the workers' base folders share this parent
+    folder, done = root/name, root/f'{name}.done'
+    with FileLock(str(root/f'{name}.lock')):
+        if not done.exists():
+            build(folder)
+            done.touch()
+    return folder
+
+
+def _full_run(folder):
+    p = mlsys('run', '--workspace', folder/'workspace', *SMALL, *SMALL_TRAIN, *SMALL_GATES)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (folder/'proc.json').write_text(json.dumps({'args': p.args, 'returncode': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr}))
+
+
 @pytest.fixture(scope='session')
 def production_ws(tmp_path_factory):
-    "One full `mlsys run` on the small world, shared: call the fixture with a folder to get a private copy (workspace, run record)."
+    "One full `mlsys run` on the small world, built once per session: call the fixture with a folder to get a private copy of the workspace."
     import shutil
-    ws = tmp_path_factory.mktemp('production')/'workspace'
-    p = mlsys('run', '--workspace', ws, *SMALL, *SMALL_TRAIN, *SMALL_GATES)
-    assert p.returncode == 0, p.stderr[-3000:]
+    folder = shared_once(tmp_path_factory, 'production', _full_run)
     def copy(dst):
-        shutil.copytree(ws, dst, symlinks=True)
+        shutil.copytree(folder/'workspace', dst, symlinks=True)
         return dst
-    copy.original_proc = p
+    copy.original_proc = subprocess.CompletedProcess(**json.loads((folder/'proc.json').read_text()))
     return copy

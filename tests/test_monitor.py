@@ -5,8 +5,6 @@ from conftest import mlsys, run_record
 from mlsys.registry import Registry
 from mlsys.retrain import production_state
 
-pytestmark = pytest.mark.xdist_group('production')   # shares `production_ws` with test_registry and test_serve
-
 
 def test_monitor_then_retrain_jobs(production_ws, tmp_path):
     ws = production_ws(tmp_path/'workspace')
