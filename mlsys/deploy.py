@@ -13,12 +13,12 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .config import atomic_write, explain
+from .config import atomic_write, validated
 
 # %% auto #0
-__all__ = ['MODES', 'ARMS', 'DeployError', 'RouteConfig', 'route_config', 'bucket', 'buckets', 'Router', 'psi', 'Guard',
+__all__ = ['MODES', 'ARMS', 'route_config', 'DeployError', 'RouteConfig', 'bucket', 'buckets', 'Router', 'psi', 'Guard',
            'enforce', 'replay', 'two_proportion_test', 'sample_size', 'sequential_test']
 
 # %% ../nbs/09_deploy.ipynb #56b04702
@@ -54,10 +54,7 @@ class RouteConfig(BaseModel):
         if self.window < self.min_requests: raise ValueError(f'window={self.window}: must be at least min_requests={self.min_requests}')
         return self
 
-def route_config(**kw) -> RouteConfig:
-    "A `RouteConfig` from keywords, with a `DeployError` naming each bad field, its value and its rule."
-    try: return RouteConfig(**kw)
-    except ValidationError as e: raise DeployError(f'invalid route: {explain(e)}') from None
+route_config = validated(RouteConfig, DeployError, 'invalid route')
 
 # %% ../nbs/09_deploy.ipynb #26dd39b1
 def bucket(key:str, # the randomisation unit, e.g. a user id
@@ -107,8 +104,7 @@ class Router:
 def _swap(self:Router, action:str, reason:str|None, changes:Callable[[RouteConfig], dict]) -> RouteConfig:
     with self._lock:
         old = self.config; ch = changes(old)
-        try: new = RouteConfig(**{**old.model_dump(), **ch})
-        except ValidationError as e: raise DeployError(f'{action} refused: {explain(e)}') from None
+        new = validated(RouteConfig, DeployError, f'{action} refused')(**{**old.model_dump(), **ch})
         diff = {k: [getattr(old, k), v] for k, v in ch.items() if getattr(old, k) != v}
         if not diff: return old
         self.config = new
@@ -147,8 +143,9 @@ def load(cls:Router, path:str|Path, autosave:bool=True) -> Router:
     "The router saved at `path` (which it keeps saving to when `autosave`)."
     try: d = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e: raise DeployError(f'cannot read routing state from {path}: {e}') from None
-    try: cfg = RouteConfig(**d['config'])
-    except (ValidationError, KeyError, TypeError) as e: raise DeployError(f'{path}: invalid route: {explain(e) if isinstance(e, ValidationError) else e}') from None
+    if not isinstance(d, dict) or not isinstance(d.get('config'), dict):
+        raise DeployError(f'{path}: invalid route: no "config" object in {type(d).__name__}')
+    cfg = validated(RouteConfig, DeployError, f'{path}: invalid route')(**d['config'])
     return cls(cfg, d.get('events', []), path if autosave else None)
 
 # %% ../nbs/09_deploy.ipynb #21962c40
