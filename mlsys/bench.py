@@ -40,7 +40,7 @@ def measure(fn:Callable, repeat:int=5, warmup:int=1) -> dict:
 
 # %% ../nbs/18_bench.ipynb #522c4dea
 BENCHES: dict[str, Callable] = {}
-BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train', 'serve': 'mlsys.serve:bench_serve'}  # benchmarks that live with their stage, imported when asked for
+BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train', 'serve': 'mlsys.bench_serve:bench_serve'}  # benchmarks that live with their stage, imported when asked for
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."

@@ -17,7 +17,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 __all__ = ['classification_metrics', 'bootstrap_ci', 'expected_calibration_error', 'reliability_diagram', 'recall_at_k',
            'ndcg_at_k', 'mrr', 'mean_average_precision', 'add_slices', 'slice_report', 'worst_gap', 'plot_slices',
            'Costs', 'expected_cost', 'choose_thresholds', 'GateResult', 'GateFailed', 'check_gates', 'gate_min_quality',
-           'gate_no_regression', 'gate_slice_gap', 'score', 'gate_latency', 'run_gates']
+           'gate_no_regression', 'gate_slice_gap', 'score', 'gate_latency', 'run_gates', 'gate_no_regression_paired']
 
 # %% ../nbs/06_evaluate.ipynb #53b0c651
 def _binary(y, p, need_both:bool=True) -> tuple[np.ndarray, np.ndarray]:
@@ -377,3 +377,32 @@ def run_gates(model, pre, frame:pd.DataFrame, # candidate, its preprocessor, lab
     report = slice_report(frame.assign(score=p), y, 'score', by, threshold, min_rows, min_pos)
     return [gate_min_quality(m, min_auprc), gate_no_regression(m['auprc'], prod, tolerance),
             gate_slice_gap(report, max_gap, gap_metric), gate_latency(model, pre, frame, budget_ms_p99, latency_n)]
+
+# %% ../nbs/06_evaluate.ipynb #e105c752
+def _paired_ap_draws(y:np.ndarray, pc:np.ndarray, pp:np.ndarray, n:int, seed:int, chunk:int=50) -> np.ndarray:
+    "`n` stratified bootstrap draws of AUPRC(`pc`) - AUPRC(`pp`), both models scored on the same resampled rows."
+    rng, pos, neg = np.random.default_rng(seed), np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    orders = [np.argsort(-p, kind='stable') for p in (pc, pp)]; out = []
+    for i in range(0, n, chunk):
+        w = np.zeros((min(chunk, n - i), len(y)))   # how often each row is drawn
+        for g in (pos, neg):
+            w[:, g] = [np.bincount(r, minlength=len(g)) for r in rng.integers(0, len(g), (len(w), len(g)))]
+        aps = []
+        for o in orders:
+            wo, yo = w[:, o], y[o]; tp, seen = np.cumsum(wo * yo, 1), np.cumsum(wo, 1)
+            aps.append((wo * yo * np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)).sum(1) / len(pos))
+        out.append(aps[0] - aps[1])
+    return np.concatenate(out)
+
+def gate_no_regression_paired(y, p_candidate, p_production, # the comparison window's labels, both models' scores
+                              tolerance:float=0.02, # the AUPRC loss the window must rule out
+                              n:int=200, level:float=0.9, seed:int=0) -> GateResult: # bootstrap draws, interval, seed
+    "Pass when the paired bootstrap interval of candidate - production AUPRC on the same rows lies above `-tolerance`."
+    y, pc = _binary(y, p_candidate); pp = _binary(y, p_production)[1]
+    cand, prod = float(average_precision_score(y, pc)), float(average_precision_score(y, pp))
+    lo, hi = np.quantile(_paired_ap_draws(y, pc, pp, n, seed), [(1 - level) / 2, (1 + level) / 2]); d = cand - prod
+    verdict = 'no worse' if lo >= -tolerance else 'worse' if hi < -tolerance else 'insufficient evidence'
+    return GateResult('no regression', bool(lo >= -tolerance), cand, prod - tolerance + (d - lo),
+                      f'{verdict}: candidate - production AUPRC {d:+.3f}, {level:.0%} paired interval '
+                      f'[{lo:+.3f}, {hi:+.3f}] on {len(y):,} rows with {int(y.sum())} positives '
+                      f'(tolerance {tolerance:g})')

@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sklearn.metrics import average_precision_score
 
-from .config import Workspace, explain, frame_hash, get_logger, write_json
+from .config import Workspace, frame_hash, get_logger, validated, write_json
 from .monitor import WATCH_CATEGORICAL, WATCH_NUMERIC
 from .retrain import RetrainConfig
 
 # %% auto #0
-__all__ = ['POLICIES', 'LoopError', 'LoopConfig', 'loop_config', 'make_policy', 'replay_world', 'recovery_days', 'run_loop',
+__all__ = ['POLICIES', 'loop_config', 'LoopError', 'LoopConfig', 'make_policy', 'replay_world', 'recovery_days', 'run_loop',
            'plot_loop', 'held_back_workspace']
 
 # %% ../nbs/11a_loop.ipynb #c3ee4a9c
@@ -64,10 +64,7 @@ class LoopConfig(BaseModel):
         if len(set(v)) < len(v): raise ValueError('each policy may appear once')
         return v
 
-def loop_config(**kw) -> LoopConfig:
-    "A `LoopConfig` from keywords, with a `LoopError` naming each bad field, its value and its rule."
-    try: return LoopConfig(**kw)
-    except ValidationError as e: raise LoopError(f'invalid loop config: {explain(e)}') from None
+loop_config = validated(LoopConfig, LoopError, 'invalid loop config')
 
 # %% ../nbs/11a_loop.ipynb #42bb3166
 def make_policy(name:str, cfg:LoopConfig):
@@ -130,7 +127,7 @@ class _Service:
         self.inputs = list(s.transform.numeric) + list(s.transform.categorical)
         end = live   # the references: the days before the model went live, on rows it was not trained on
         pit = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=max(cfg.reference_days, 14)))]
-        if json.loads((Path(reg.get(name, self.version)['path'])/'model.json').read_text()).get('split') == 'users':
+        if reg.spec(name, self.version).get('split') == 'users':
             from mlsys.train import holdout_panel
             pit = pit[holdout_panel(pit.user_id) > 0]   # its training rows reach up to go-live: keep the held-out users
         ref = pit[pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days)]

@@ -21,7 +21,7 @@ from .config import atomic_write, get_logger
 # %% auto #0
 __all__ = ['PII_FIELDS', 'BACKENDS', 'GROWING', 'WATCH_NUMERIC', 'WATCH_CATEGORICAL', 'MonitorError', 'hash_pii', 'PredictionLog',
            'join_prediction_labels', 'psi', 'DriftResult', 'DriftDetector', 'performance_by_day', 'concept_drift',
-           'system_metrics', 'daily_report', 'monitor_day']
+           'system_metrics', 'daily_report', 'monitor_day', 'production_reference', 'daily_check']
 
 # %% ../nbs/10_monitor.ipynb #f70388e4
 PII_FIELDS = ('user_id', 'device_id', 'ip')
@@ -314,7 +314,9 @@ def _tests(self:DriftDetector, num:dict, cat:dict) -> dict:
     out = {}
     if self.backend == 'scipy':
         from scipy.stats import chi2_contingency, ks_2samp
-        for f, x in num.items(): r = ks_2samp(self.ref_num[f], x); out[f] = (float(r.statistic), float(r.pvalue))
+        for f, x in num.items():   # asymptotic p-value, as alibi's KSDrift: the exact one costs O(n*m) per feature
+            r = ks_2samp(self.ref_num[f], x, method='asymp')
+            out[f] = (float(r.statistic), float(r.pvalue))
         for f, c in cat.items():
             t = np.vstack([self.ref_counts[f], np.bincount(c, minlength=len(self.vocab[f]) + 1)]); t = t[:, t.sum(0) > 0]
             out[f] = (0.0, 1.0) if t.shape[1] < 2 else tuple(float(v) for v in chi2_contingency(t)[:2])
@@ -512,3 +514,89 @@ GROWING = ('user_tx_count_90d', 'user_chargebacks_90d', 'merchant_labels_7d', 'm
 WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d', 'user_avg_amount_90d', 'merchant_fraud_rate',
                  'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d', 'user_is_new')   # the fraud model's other inputs, and the raw amount
 WATCH_CATEGORICAL = ('country', 'local_hour')
+
+# %% ../nbs/10_monitor.ipynb #f3cb1d9d
+from .config import write_json
+from .evaluate import score
+from .features import open_store
+from .pit import fast_training_set, fraud_entities
+from .registry import Registry
+from .world import read_table
+
+def _checked_day(plog:PredictionLog, day:str|None, min_rows:int) -> str:
+    days = plog.days()
+    if not days:
+        raise MonitorError(f'the prediction log {plog.root} is empty: serve traffic or run batch_predict first')
+    day = str(day or plog.latest_day(min_rows))
+    if day not in days:
+        raise MonitorError(f'day={day!r}: the prediction log has no file for it; it holds {days[0]} to {days[-1]}')
+    return day
+
+# %% ../nbs/10_monitor.ipynb #9f5f9c39
+def production_reference(ws, # workspace (a `Workspace`)
+                         model_name:str='fraud', # registered model whose production version is monitored
+                         reference_days:float=14, # the last days of its training window that form the reference
+                         labels:pd.DataFrame|None=None, # the lake's labels (read when None)
+                        ) -> tuple[pd.DataFrame, float, dict]:
+    "The production model's scored reference rows, its recall on its test window, and its registry row."
+    reg = Registry(ws.models)
+    model, pre, row = reg.load(model_name, 'production')
+    spec = reg.spec(model_name, row['version'])
+    end, test = pd.Timestamp(spec['train_window'][1]), [pd.Timestamp(t) for t in spec['test_window']]
+    tx, store = read_table(ws.lake, 'transactions'), open_store(ws.features/'current')
+    if spec.get('split') == 'users':   # trained on every day: reference and recall from its held-out users
+        from mlsys.train import holdout_panel   # lazily: only this case needs the training stack
+        tx = tx[holdout_panel(tx.user_id) > 0]
+    start = end - pd.Timedelta(days=reference_days)
+    ref = fast_training_set(store, fraud_entities(tx[(tx.ts > start) & (tx.ts <= end)]))
+    ref['score'] = score(model, pre, ref)
+    labels = read_table(ws.lake, 'labels') if labels is None else labels
+    tst = fast_training_set(store, fraud_entities(tx[(tx.ts >= test[0]) & (tx.ts <= test[1])]))
+    tst = tst.merge(labels[['transaction_id', 'is_fraud']], on='transaction_id')
+    flag = score(model, pre, tst) >= row['metrics']['thresholds']['review']
+    return ref, float(flag[tst.is_fraud.to_numpy(bool)].mean()), row
+
+# %% ../nbs/10_monitor.ipynb #1f914582
+def _scrape(metrics_url:str|None) -> dict|None:
+    if not metrics_url: return None
+    import urllib.request
+    with urllib.request.urlopen(metrics_url, timeout=10) as r: return system_metrics(r.read().decode())
+
+def _signals(day:str, drift:DriftResult, prediction:DriftResult, perf:pd.DataFrame, reference_recall:float,
+             row:dict) -> dict:
+    checks = (('data_drift', drift.drift), ('prediction_drift', prediction.drift),
+              ('concept_drift', bool(perf.alarm.any())))
+    alarms = [name for name, on in checks if on]
+    labelled = perf.tail(14); pos = int(labelled.positives.sum())
+    return {'day': day, 'data_drift': drift.drift, 'prediction_drift': prediction.drift, 'drift_score': drift.score,
+            'performance': float(labelled.caught.sum() / pos) if pos else None, 'n_labelled_pos': pos, 'alarms': alarms,
+            'reference_recall': reference_recall, 'model_version': int(row['version'])}
+
+# %% ../nbs/10_monitor.ipynb #9d505e99
+def daily_check(ws, # workspace (a `Workspace`)
+                out_dir:str|Path, # folder of the report
+                model_name:str='fraud', # registered model whose production version is monitored
+                day:str|None=None, # `YYYY-MM-DD` checked; default the newest day with `min_rows`
+                min_rows:int=100, # predictions a day needs to be judged for drift
+                reference_days:float=14, # the last days of the model's training window that form the reference
+                backend:str='scipy', # `DriftDetector` backend
+                history_days:int=30, # days of logged predictions judged for concept drift
+                metrics_url:str|None=None) -> dict: # a server's /metrics, reported when given
+    "Check one logged day; write its report and `monitoring/signals/<day>.json`; return what they hold."
+    plog = PredictionLog(ws.monitoring/'predictions')
+    day = _checked_day(plog, day, min_rows)
+    window, labels = plog.read([day]), read_table(ws.lake, 'labels')
+    ref, reference_recall, row = production_reference(ws, model_name, reference_days, labels)
+    watched = [f for f in WATCH_NUMERIC if f in window], [f for f in WATCH_CATEGORICAL if f in window]
+    drift = DriftDetector(ref, *watched, backend=backend, min_rows=min_rows).check(window)
+    prediction = DriftDetector(ref, ['score'], backend=backend, min_rows=min_rows).check(window)
+    hist = plog.read(plog.days()[-history_days:])
+    if 'transaction_id' not in hist: hist = hist.rename(columns={'request_id': 'transaction_id'})   # a server's log
+    as_of = labels.available_at.max()   # what the lake knows now
+    known = labels.assign(transaction_id=labels.transaction_id.astype(str))
+    perf = concept_drift(performance_by_day(hist, known, as_of), reference_recall)
+    report = daily_report(out_dir, day, drift, prediction, perf, _scrape(metrics_url))
+    signals = _signals(day, drift, prediction, perf, reference_recall, row)
+    path = write_json(ws.monitoring/'signals'/f'{day}.json', signals)
+    return {'day': day, 'rows': len(window), 'drift': drift, 'prediction': prediction, 'performance': perf,
+            'report': report, 'signals': signals, 'signals_path': path}

@@ -17,7 +17,7 @@ from .world import serving_requests
 
 # %% auto #0
 __all__ = ['SKEW_SLO', 'NULL_SLACK', 'ParityError', 'ParityReport', 'parity_check', 'parity_gate', 'SkewError', 'skew_report',
-           'skew_gate', 'plot_skew']
+           'skew_gate', 'plot_skew', 'served_skew', 'CheckedBuild', 'check_build', 'publish_build']
 
 # %% ../nbs/03b_parity.ipynb #f2b09642
 class ParityError(AssertionError):
@@ -93,3 +93,70 @@ def plot_skew(report:pd.DataFrame, threshold:float=SKEW_SLO, path:str|Path|None=
     fig.tight_layout()
     if path: fig.savefig(path, dpi=100); plt.close(fig)
     return fig
+
+# %% ../nbs/03b_parity.ipynb #328cb9e1
+from .config import atomic_write, write_json
+from .features import activate, build_repo, feature_tables, materialize, open_store, push_velocity
+from .world import LakeError, read_manifest, read_table
+
+def served_skew(store, # the build's `FeatureStore`
+                tx:pd.DataFrame, manifest:dict, # the lake's transactions and manifest
+                served:pd.DataFrame, # features served over the newest `parity_days` (`ParityReport.online`)
+                parity_days:int=3, reference_days:int=7, # the served window, and the training days before it
+                threshold:float=SKEW_SLO, seed:int=42) -> pd.DataFrame: # PSI SLO per feature, and the sampling seed
+    "`skew_report` of the features served against up to 5,000 training rows of the `reference_days` before them."
+    served_from = tx.ts.max().floor('D') - pd.Timedelta(days=parity_days - 1)
+    ref = tx[(tx.ts < served_from) & (tx.ts >= served_from - pd.Timedelta(days=reference_days))]
+    reference = fast_training_set(store, fraud_entities(ref.sample(min(5000, len(ref)), random_state=seed)))
+    history = (ref.ts.min() - pd.Timestamp(manifest['start'], tz='UTC')) / pd.Timedelta(days=1)
+    return skew_report(reference, served, threshold=threshold, history_days=history)
+
+# %% ../nbs/03b_parity.ipynb #156d9af0
+@dataclass
+class CheckedBuild:
+    "A feature build checked against serving, not yet in service."
+    build: Path          # the build folder
+    store: object        # its `FeatureStore`
+    tables: dict         # offline feature tables by view name
+    manifest: dict       # the lake's manifest
+    parity: ParityReport
+    skew: pd.DataFrame   # `skew_report`
+    skew_threshold: float   # the PSI SLO the skew report was judged against
+    out: Path            # the stage folder holding the reports
+
+# %% ../nbs/03b_parity.ipynb #78d539fa
+def check_build(ws, # workspace (a `Workspace`) with a lake
+                out_dir:str|Path, # stage folder for `parity.json`, `skew.csv`, `skew.png`, `served_features.parquet`
+                online:str='sqlite', # online store: 'sqlite' or 'redis://host:port'
+                parity_pairs:int=1200, # (entity, timestamp) pairs compared between the offline and online paths
+                parity_days:int=3, # the replayed serving window: the newest days of the lake
+                reference_days:int=7, # training window before it, the reference for the skew check
+                skew_threshold:float=SKEW_SLO, # PSI SLO per feature
+                seed:int=42) -> CheckedBuild:
+    "Build the feature repo from the lake; check parity over the newest days and skew against the days before."
+    if not (ws.lake/'_manifest.json').exists():
+        raise LakeError(f'no lake at {ws.lake} (no _manifest.json): run the ingest stage first')
+    man, tables, out = read_manifest(ws.lake), feature_tables(ws.lake), Path(out_dir)
+    build = build_repo(ws.features, tables, online=online, tag=man['tables']['transactions']['hash'][:8])
+    store = open_store(build)
+    tx, users = read_table(ws.lake, 'transactions'), read_table(ws.lake, 'users')
+    parity = parity_check(store, tx, users, man, tables['user_velocity'], n=parity_pairs, days=parity_days, seed=seed)
+    write_json(out/'parity.json', parity.summary())
+    skew = served_skew(store, tx, man, parity.online, parity_days, reference_days, skew_threshold, seed)
+    parity.online.to_parquet(out/'served_features.parquet')   # published to monitoring/ only after the gates pass
+    skew.to_csv(out/'skew.csv')
+    plot_skew(skew, skew_threshold, out/'skew.png')
+    return CheckedBuild(build, store, tables, man, parity, skew, skew_threshold, out)
+
+# %% ../nbs/03b_parity.ipynb #80b4b552
+def publish_build(ws, # workspace (a `Workspace`)
+                  checked:CheckedBuild) -> dict: # `check_build`'s result
+    "Gate on parity and skew; then materialise, push streaming features, activate the build, publish served features."
+    parity_gate(checked.parity)
+    skew_gate(checked.skew, checked.skew_threshold)
+    as_of = pd.Timestamp(checked.manifest['as_of'])
+    modes = materialize(checked.store, as_of)
+    pushed = push_velocity(checked.store, checked.tables['user_velocity'], as_of)
+    current = activate(ws.features, checked.build)
+    served = atomic_write(ws.monitoring/'served_features.parquet', (checked.out/'served_features.parquet').read_bytes())
+    return {'current': current, 'materialized': modes, 'velocity_pushed': pushed, 'served_features': served}

@@ -14,8 +14,8 @@ from .config import Settings, Workspace, get_logger, lineage, write_json
 
 # %% auto #0
 __all__ = ['STAGES', 'OPTIONAL', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'jobs_dir', 'job_parameters', 'parse_value',
-           'new_run_dir', 'stage_output', 'stage_dir', 'StageResult', 'select_stages', 'check_params', 'RunResult',
-           'run']
+           'new_run_dir', 'stage_output', 'stage_dir', 'StageResult', 'select_stages', 'stage_parameters',
+           'check_params', 'RunResult', 'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
 STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'batch_predict', 'loop')
@@ -127,6 +127,10 @@ def select_stages(from_stage:str|None=None, to_stage:str|None=None, stages=STAGE
     i, j = stages.index(from_stage) if from_stage else 0, stages.index(to_stage) if to_stage else len(stages) - 1
     if i > j: raise UsageError(f'--from {from_stage} comes after --to {to_stage}')
     return list(stages[i:j + 1])
+
+def stage_parameters(to_stage:str) -> set[str]:
+    "Parameters that `mlsys run --to to_stage` accepts: those declared by the stages it runs (optional ones left out)."
+    return set().union(*(job_parameters(s) for s in select_stages(to_stage=to_stage) if s not in OPTIONAL))
 
 def check_params(params:dict, declared:dict[str, dict]):
     "Refuse keys of `params` that no selected notebook declares (global keys are always accepted)."

@@ -10,9 +10,11 @@ from pathlib import Path
 import pandas as pd
 from fastcore.basics import patch
 
+from .model_files import MODEL_FILES, load_model, read_spec, write_spec
+
 # %% auto #0
-__all__ = ['STAGES', 'MODEL_FILES', 'RegistryError', 'NotFound', 'ChecksumError', 'SchemaError', 'PromotionRefused', 'sha256',
-           'checksums', 'model_card', 'Registry', 'rebuild_command']
+__all__ = ['STAGES', 'RegistryError', 'NotFound', 'ChecksumError', 'SchemaError', 'PromotionRefused', 'sha256', 'checksums',
+           'model_card', 'Registry', 'rebuild_command']
 
 # %% ../nbs/07_registry.ipynb #168149c7
 class RegistryError(ValueError):
@@ -26,8 +28,7 @@ class SchemaError(RegistryError):
 class PromotionRefused(RegistryError):
     "A promotion to production of a version that did not pass its gates."
 
-STAGES = ('none', 'staging', 'production', 'archived')
-MODEL_FILES = ('model.json', 'preprocessor.json', 'weights.safetensors')
+STAGES = ('none', 'staging', 'production', 'archived')   # a version: `04a_model_files`' MODEL_FILES plus the registry's files
 
 # %% ../nbs/07_registry.ipynb #1231098f
 def sha256(path:str|Path) -> str:
@@ -103,7 +104,7 @@ def register(self:Registry, name:str, model_dir:str|Path, metrics:dict|None=None
     model_dir, metrics, gates, lineage = Path(model_dir), metrics or {}, gates or [], lineage or {}
     missing = [f for f in MODEL_FILES if not (model_dir/f).exists()]
     if missing: raise RegistryError(f'{model_dir} is not a saved model: {missing} missing')
-    spec = json.loads((model_dir/'model.json').read_text()); _check_schema(spec, features)
+    spec = read_spec(model_dir); _check_schema(spec, features)
     schema = {'inputs': {'numeric': spec['numeric'], 'categorical': spec['categorical']}, 'output': {'name': 'score', 'type': 'float', 'range': [0, 1]}}
     (self.root/name).mkdir(exist_ok=True)
     tmp, con, final = self.root/name/f'.incoming-{uuid.uuid4().hex[:8]}', None, None
@@ -161,11 +162,16 @@ def verify(self:Registry, name:str, ref:int|str) -> list[str]:
 @patch
 def load(self:Registry, name:str, ref:int|str='production'):
     "Model (eval mode), preprocessor and index row of `name:ref`, after verifying every checksum."
-    from mlsys.train import load_model
-    row = self.get(name, ref); bad = self.verify(name, row['version'])
-    if bad: raise ChecksumError(f"{name}:{row['version']} refused: " + '; '.join(bad))
+    row = self._verified(name, ref)
     model, pre = load_model(row['path'])
     return model, pre, row
+
+@patch
+def _verified(self:Registry, name:str, ref:int|str) -> dict:
+    "The index row of `name:ref`; `ChecksumError` unless every file matches its checksum."
+    row = self.get(name, ref); bad = self.verify(name, row['version'])
+    if bad: raise ChecksumError(f"{name}:{row['version']} refused: " + '; '.join(bad))
+    return row
 
 @patch
 def list(self:Registry, name:str|None=None) -> pd.DataFrame:
@@ -226,18 +232,46 @@ def rollback(self:Registry, name:str, reason:str='rollback') -> int:
 
 # %% ../nbs/07_registry.ipynb #9f5233e0
 def rebuild_command(lineage:dict) -> str:
-    "The `mlsys run` command line that reproduces the model recorded in `lineage` (its `rebuild_params`, else the run's parameters)."
+    "The command reproducing the model of `lineage`: `rebuild_command` (or `mlsys run --to train`) with its `rebuild_params`."
     params = lineage.get('rebuild_params') or (lineage.get('config') or {}).get('params') or {}
     import shlex
-    return ' '.join(['mlsys run --to train', *(f"-p {k} {shlex.quote(v if isinstance(v, str) else json.dumps(v, separators=(',', ':')))}" for k, v in params.items())])
+    return ' '.join([lineage.get('rebuild_command') or 'mlsys run --to train', *(f"-p {k} {shlex.quote(v if isinstance(v, str) else json.dumps(v, separators=(',', ':')))}" for k, v in params.items())])
 
 @patch
 def show(self:Registry, name:str, ref:int|str='production') -> dict:
     "Everything about `name:ref`: stage, metrics, gates, lineage, files, and how to rebuild it."
     row = self.get(name, ref); d = row['path']
-    lin = json.loads((d/'lineage.json').read_text())
+    lin = self.lineage(name, row['version'])
     return {'name': name, 'version': row['version'], 'stage': row['stage'], 'created_at': row['created_at'], 'path': str(d),
             'metrics': row['metrics'], 'gates': json.loads((d/'gates.json').read_text()), 'files': json.loads((d/'checksums.json').read_text()),
             'rebuild': {'command': rebuild_command(lin), 'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'data_hashes': lin.get('data_hashes'),
                         'feature_views': lin.get('feature_views'), 'train_config': lin.get('train_config')},
             'lineage': lin}
+
+# %% ../nbs/07_registry.ipynb #cfaec088
+@patch
+def spec(self:Registry, name:str, ref:int|str='production') -> dict:
+    "The `model.json` of `name:ref`: class, hyper-parameters, inputs and what training recorded."
+    return read_spec(self.get(name, ref)['path'])
+
+@patch
+def lineage(self:Registry, name:str, ref:int|str='production') -> dict:
+    "The lineage recorded when `name:ref` was registered."
+    return json.loads((self.get(name, ref)['path']/'lineage.json').read_text())
+
+@patch
+def derive(self:Registry, name:str, ref:int|str, new_name:str, spec:dict, metrics:dict|None=None,
+           lineage:dict|None=None, features:list[str]|None=None, stage:str|None=None) -> int:
+    "Register a version of `new_name` from `name:ref`'s model files, `spec` merged into theirs; returns its number."
+    row = self._verified(name, ref); src = f"{name}:{row['version']}"
+    gates = json.loads((row['path']/'gates.json').read_text())
+    tmp = self.root/f'.derive-{uuid.uuid4().hex[:8]}'
+    try:
+        tmp.mkdir()
+        for f in MODEL_FILES: shutil.copy2(row['path']/f, tmp/f)
+        write_spec(tmp, {**read_spec(tmp), **spec, 'source': src})
+        v = self.register(new_name, tmp, row['metrics'] if metrics is None else metrics, gates,
+                          {**self.lineage(name, row['version']), 'derived_from': src, **(lineage or {})}, features)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    if stage: self.promote(new_name, v, stage, reason=f'derived from {src}')
+    return v

@@ -15,14 +15,14 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import average_precision_score
 
-from .config import Workspace, explain
+from .config import Workspace, validated
 
 # %% auto #0
-__all__ = ['PolicyError', 'Signals', 'signals', 'Decision', 'Policy', 'NoRetrain', 'Schedule', 'DriftTriggered',
-           'PerformanceTriggered', 'Hybrid', 'RetrainError', 'RetrainConfig', 'retrain_config', 'production_state',
+__all__ = ['signals', 'retrain_config', 'PolicyError', 'Signals', 'Decision', 'Policy', 'NoRetrain', 'Schedule', 'DriftTriggered',
+           'PerformanceTriggered', 'Hybrid', 'RetrainError', 'RetrainConfig', 'production_state', 'retrain_recipe',
            'retrain', 'provisional_performance', 'LabelGate', 'OnlineModel', 'blend']
 
 # %% ../nbs/11_retrain.ipynb #1028021b
@@ -39,10 +39,7 @@ class Signals(BaseModel):
     performance: float|None = Field(None, ge=0, le=1, allow_inf_nan=False, description='AUPRC or recall on the labels known so far')
     n_labelled_pos: int = Field(0, ge=0, description='labelled positives behind `performance`')
 
-def signals(**kw) -> Signals:
-    "A `Signals` record from keywords, with a `PolicyError` naming each bad field, its value and its rule."
-    try: return Signals(**kw)
-    except ValidationError as e: raise PolicyError(f'invalid signals: {explain(e)}') from None
+signals = validated(Signals, PolicyError, 'invalid signals')
 
 @dataclass
 class Decision:
@@ -53,8 +50,9 @@ class Decision:
     suppressed: list[str] = field(default_factory=list)
 
 # %% ../nbs/11_retrain.ipynb #0d5ed0de
-def _need(ok:bool, where:str, name:str, value, rule:str):
-    if not ok: raise PolicyError(f'{where}: {name}={value!r}: {rule}')
+def _need(ok:bool, where:str|None, name:str, value, rule:str, error:type[Exception]=PolicyError):
+    "Raise `error` naming `where` (if given), the argument, its value and the `rule` it breaks, unless `ok`."
+    if not ok: raise error(f"{f'{where}: ' if where else ''}{name}={value!r}: {rule}")
 
 def _as_signals(day:int, s) -> Signals:
     "`s` as a `Signals` record for `day` (a dict gets the day filled in)."
@@ -177,10 +175,11 @@ class RetrainConfig(BaseModel):
     test_days: float = Field(2, gt=0, description='the newest labelled days: candidate and production are judged on them')
     split: Literal['time', 'users'] = Field('time', description="'time': validation and test are the newest days; 'users': a fixed panel of users, every day trained on (see below)")
     epochs: int = Field(3, ge=1, le=100)
-    batch_size: int = Field(2048, ge=1)
+    batch_size: int|None = Field(None, ge=1, description="overrides the recipe's batch size (None: the recipe's)")
+    params: dict|None = Field(None, description="the recipe (`RECIPE` keys); None: production's, from its lineage")
     seed: int = Field(0, ge=0)
     min_auprc: float = Field(0.5, ge=0, le=1, description='quality gate: the lowest AUPRC a candidate may have on the test window')
-    tolerance: float = Field(0.05, ge=0, le=1, description='regression gate: how far below production the candidate may fall (AUPRC)')
+    tolerance: float = Field(0.05, ge=0, le=1, description='regression gate: AUPRC loss the test window must rule out')
     max_gap: float = Field(0.2, ge=0, le=1, description='slice gate: largest AUROC gap of a supported slice below the overall')
     slice_min_pos: int = Field(5, ge=1, description='positives a slice needs before the slice gate judges it')
     budget_ms_p99: float|None = Field(None, gt=0, description='latency gate: p99 ms to score one row (None: not checked, see the text)')
@@ -190,10 +189,7 @@ class RetrainConfig(BaseModel):
     max_block_ratio: float = Field(2.0, gt=1, description="canary: the most the candidate may block, as a multiple of production's block rate")
     max_psi: float|None = Field(None, gt=0, description="canary: roll back above this PSI of the candidate's scores against production's (None: not checked)")
 
-def retrain_config(**kw) -> RetrainConfig:
-    "A `RetrainConfig` from keywords, with a `RetrainError` naming each bad field, its value and its rule."
-    try: return RetrainConfig(**kw)
-    except ValidationError as e: raise RetrainError(f'invalid retrain config: {explain(e)}') from None
+retrain_config = validated(RetrainConfig, RetrainError, 'invalid retrain config')
 
 # %% ../nbs/11_retrain.ipynb #741706aa
 def _ts(x) -> pd.Timestamp:
@@ -219,25 +215,12 @@ def _inputs(ws:Workspace, as_of:pd.Timestamp, cfg:RetrainConfig, features, label
     return features, read_table(ws.lake, 'labels') if labels is None else labels, read_table(ws.lake, 'users') if users is None else users
 
 # %% ../nbs/11_retrain.ipynb #ed5b332c
-@contextmanager
-def _quiet():
-    "Silence Lightning's per-fit chatter (a retrain loop calls fit many times)."
-    names = ('lightning.pytorch', 'lightning.fabric', 'lightning.pytorch.utilities.rank_zero')
-    old = {n: logging.getLogger(n).level for n in names}
-    for n in names: logging.getLogger(n).setLevel(logging.ERROR)
-    try: yield
-    finally:
-        for n, lvl in old.items(): logging.getLogger(n).setLevel(lvl)
-
-def _train(frame:pd.DataFrame, cfg:RetrainConfig):
-    "Train the MLP on `frame`; returns model, preprocessor, data module and cost-chosen thresholds."
+def _train(frame:pd.DataFrame, cfg:RetrainConfig, params:Mapping|None=None):
+    "Train recipe `params` on `frame` with `train_model`; model, preprocessor, data module and cost-chosen thresholds."
     from mlsys.evaluate import choose_thresholds, score
-    from mlsys.train import FraudDataModule, TabularClassifier, fit, make_trainer, numeric_features
-    num = numeric_features()
-    dm = FraudDataModule(frame, num, val_days=cfg.val_days, test_days=cfg.test_days, batch_size=cfg.batch_size, split=cfg.split)
-    with _quiet():
-        trainer = make_trainer(max_epochs=cfg.epochs, seed=cfg.seed, patience=0)   # seeds everything: build the model after
-        model = TabularClassifier(len(num), dm.pre.cardinalities, pos_weight=dm.pos_weight); fit(trainer, model, dm)
+    from mlsys.train import FraudDataModule, numeric_features, quiet_lightning, train_model
+    dm = FraudDataModule(frame, numeric_features(), val_days=cfg.val_days, test_days=cfg.test_days, split=cfg.split)
+    with quiet_lightning(): model = train_model(dm, params, cfg.epochs, patience=0, seed=cfg.seed).model
     val = dm.val_df
     review, block = choose_thresholds(val.is_fraud, score(model, dm.pre, val), val.amount)
     return model, dm.pre, dm, {'review': review, 'block': block}
@@ -273,8 +256,23 @@ def production_state(reg, name:str) -> dict|None:
     except NotFound: return None
     return {'version': int(row['version']), 'files': checksums(row['path'])}
 
-def _arg(ok:bool, name:str, value, rule:str):
-    if not ok: raise RetrainError(f'{name}={value!r}: {rule}')
+def retrain_recipe(reg, name:str, cfg:RetrainConfig, prod_version:int|None) -> tuple[dict, str]:
+    "A retrain's recipe and its source: `cfg.params`, else production's (from its lineage), else `RECIPE`."
+    from mlsys.train import RECIPE, recipe_params
+    if cfg.params is not None: p, source = dict(cfg.params), 'the retrain config'
+    elif prod_version is not None:
+        lin = reg.lineage(name, prod_version)   # an older version: the recipe keys of its train config
+        p = lin.get('recipe') or {k: v for k, v in (lin.get('train_config') or {}).items() if k in RECIPE}
+        source = f'production v{prod_version} (its lineage)' if p else \
+            f'defaults: production v{prod_version} records no recipe'
+    else: p, source = {}, 'defaults: no production version'
+    return recipe_params({**p, **({'batch_size': cfg.batch_size} if cfg.batch_size else {})}), source
+
+def _rebuild_params(name:str, as_of:pd.Timestamp, cfg:RetrainConfig, params:dict) -> dict:
+    "The retrain job's parameters that reproduce this retrain."
+    keep = ('train_days', 'val_days', 'test_days', 'split', 'epochs', 'seed')
+    return {'model_name': name, 'force': True, 'as_of': str(as_of), 'params': params,
+            **{k: getattr(cfg, k) for k in keep}}
 
 def _maybe_crash(where:str, crash_at:str|None):
     if crash_at == where: raise RuntimeError(f'injected crash at {where!r}')
@@ -288,14 +286,21 @@ def _archive_if_staged(reg, name:str, version:int, reason:str):
 
 def _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, crash_at):
     "The steps of `retrain`, filling `rec` as they go."
-    from mlsys.evaluate import add_slices, classification_metrics, gate_latency, gate_min_quality, gate_no_regression, gate_slice_gap, score, slice_report
+    from mlsys.config import model_lineage
+    from mlsys.evaluate import (add_slices, classification_metrics, gate_latency, gate_min_quality, gate_no_regression,
+                                gate_no_regression_paired, gate_slice_gap, score, slice_report)
     from mlsys.train import save_model
     features, labels, users = _inputs(ws, as_of, cfg, features, labels, users)
+    params, source = retrain_recipe(reg, name, cfg, rec['production_before'])
+    rec['recipe'] = {'params': params, 'source': source}
     _maybe_crash('train', crash_at)
-    model, pre, dm, th = _train(_training_frame(features, labels, as_of, cfg.train_days), cfg)
+    model, pre, dm, th = _train(_training_frame(features, labels, as_of, cfg.train_days), cfg, params)
     test = add_slices(dm.test_df, users); p = score(model, pre, test); cand = classification_metrics(test.is_fraud, p)
-    prod = None if before is None else classification_metrics(test.is_fraud, score(*reg.load(name, before['version'])[:2], test))
-    gates = [gate_min_quality(cand, cfg.min_auprc), gate_no_regression(cand['auprc'], prod and prod['auprc'], cfg.tolerance),
+    p_prod = None if before is None else score(*reg.load(name, before['version'])[:2], test)
+    prod = None if p_prod is None else classification_metrics(test.is_fraud, p_prod)
+    regression = gate_no_regression(cand['auprc'], None) if p_prod is None else \
+        gate_no_regression_paired(test.is_fraud, p, p_prod, cfg.tolerance)   # the margin follows the window
+    gates = [gate_min_quality(cand, cfg.min_auprc), regression,
              gate_slice_gap(slice_report(test.assign(score=p), min_pos=cfg.slice_min_pos), cfg.max_gap)]
     if cfg.budget_ms_p99 is not None: gates.append(gate_latency(model, pre, test, cfg.budget_ms_p99, cfg.latency_n))
     window = [str(test.event_timestamp.min()), str(test.event_timestamp.max())]
@@ -303,7 +308,9 @@ def _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, c
     rec['gates'] = [_gate_dict(g) for g in gates]
     _maybe_crash('register', crash_at)
     save_model(tmp, model, pre, as_of=str(as_of), split=cfg.split, train_window=[str(dm.train_df.event_timestamp.min()), str(dm.train_df.event_timestamp.max())], test_window=window)
-    lineage = {'run_id': f'retrain-{as_of:%Y%m%dT%H%M%S}', 'as_of': str(as_of), 'trigger': rec['trigger'], 'train_config': cfg.model_dump(), 'production_before': rec['production_before']}
+    lineage = model_lineage(None, params, source, 'mlsys job retrain', _rebuild_params(name, as_of, cfg, params),
+                            run_id=f'retrain-{as_of:%Y%m%dT%H%M%S}', as_of=str(as_of), trigger=rec['trigger'],
+                            train_config=cfg.model_dump(), production_before=rec['production_before'])
     v = rec['version'] = reg.register(name, tmp, {**cand, 'thresholds': th, 'as_of': str(as_of)}, rec['gates'], lineage)
     failed = [g for g in rec['gates'] if not g['passed']]
     if failed:
@@ -333,9 +340,10 @@ def retrain(ws:Workspace|str|Path, # workspace: lake, feature store, registry
             _crash_at:str|None=None, # tests: raise at 'train', 'register', 'canary' or 'promote'
            ) -> dict: # {as_of, version, metrics, gates, promoted, reason, ...}, JSON-serialisable
     "Retrain `name` on what was known at `as_of`, gate it against production, canary it, then promote it or archive it."
-    _arg(on_error in ('raise', 'record'), 'on_error', on_error, "must be 'raise' or 'record'")
-    _arg(as_of is not None, 'as_of', as_of, 'a retrain needs the moment it runs at')
-    _arg(_crash_at in (None, 'train', 'register', 'canary', 'promote'), '_crash_at', _crash_at, "must be None, 'train', 'register', 'canary' or 'promote'")
+    _need(on_error in ('raise', 'record'), None, 'on_error', on_error, "must be 'raise' or 'record'", RetrainError)
+    _need(as_of is not None, None, 'as_of', as_of, 'a retrain needs the moment it runs at', RetrainError)
+    _need(_crash_at in (None, 'train', 'register', 'canary', 'promote'), None, '_crash_at', _crash_at,
+          "must be None, 'train', 'register', 'canary' or 'promote'", RetrainError)
     from mlsys.registry import Registry
     ws, cfg, as_of, t0 = ws if isinstance(ws, Workspace) else Workspace(ws), config or RetrainConfig(), _ts(as_of), time.perf_counter()
     reg = Registry(ws.models); before = production_state(reg, name)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_serve.ipynb #4246822f
 from __future__ import annotations
-import asyncio, hmac, itertools, json, math, os, secrets, shutil, tempfile, time
+import asyncio, hmac, itertools, json, math, os, secrets, tempfile, time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,15 +17,18 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model
 
 from .config import Workspace, get_logger
+from .model_files import quantize
 
 # %% auto #0
 __all__ = ['DECISIONS', 'Finite', 'Key', 'ServingTransform', 'ServedModel', 'load_served', 'EntityInstance', 'request_model',
-           'error_detail', 'OnlineFeatures', 'Overloaded', 'Batcher', 'quantize', 'register_quantized', 'RulesOnly',
-           'load_chain', 'ServeConfig', 'Service', 'admin_token', 'create_app', 'serve', 'load_test', 'free_port',
-           'ServerProcess', 'start_server', 'bench_serve']
+           'error_detail', 'OnlineFeatures', 'Overloaded', 'Batcher', 'register_quantized', 'RulesOnly', 'load_chain',
+           'ServeConfig', 'ServingMetrics', 'ModelChain', 'PredictionLogWriter', 'ChallengerRouting', 'Predictor',
+           'FraudPredictor', 'admin_token', 'ServeContext', 'create_app', 'serve', 'free_port', 'ServerProcess',
+           'start_server', 'decide', 'batch_score']
 
 # %% ../nbs/08_serve.ipynb #a4f0de9a
 def _num(v) -> float:
@@ -103,8 +106,7 @@ def load_served(reg, name:str, ref:int|str='production') -> ServedModel:
     "Load `name:ref` from registry `reg` (checksums verified) as a `ServedModel`."
     model, pre, row = reg.load(name, ref)
     th = row['metrics'].get('thresholds') or {'review': 0.5, 'block': 0.9}
-    spec = json.loads((Path(row['path'])/'model.json').read_text())
-    return ServedModel(name, row['version'], model, ServingTransform(pre), th, spec.get('quantize'))
+    return ServedModel(name, row['version'], model, ServingTransform(pre), th, reg.spec(name, row['version']).get('quantize'))
 
 # %% ../nbs/08_serve.ipynb #91b72fbc
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -193,6 +195,9 @@ class Batcher:
     @property
     def depth(self) -> int: return len(self.queue)
 
+    @property
+    def running(self) -> bool: return self._task is not None and not self._task.done()
+
     async def submit(self, items:Sequence) -> list:
         "Queue `items` (one request's instances) and wait for their results, in order."
         if len(self.queue) + len(items) > self.max_queue: raise Overloaded(f'queue full: {len(self.queue)} waiting, limit {self.max_queue}')
@@ -222,14 +227,6 @@ class Batcher:
             if self.on_batch: self.on_batch(len(batch), len(self.queue))
 
 # %% ../nbs/08_serve.ipynb #f0d09c9e
-def quantize(model:torch.nn.Module, recipe:str='dynamic-int8') -> torch.nn.Module:
-    "`model` with every `Linear` dynamically quantized to INT8 (`recipe='dynamic-int8'`), in eval mode."
-    if recipe != 'dynamic-int8': raise ValueError(f"quantize recipe {recipe!r} is not known; use 'dynamic-int8'")
-    import warnings
-    from torch.ao.quantization import quantize_dynamic
-    with warnings.catch_warnings():   # torch 2.13 points eager-mode quantization at torchao; the API still works and needs no extra package
-        warnings.simplefilter('ignore', DeprecationWarning); return quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
-
 def register_quantized(reg, name:str, ref:int|str, frame, y:str='is_fraud', stage:str|None='staging') -> tuple[int, dict]:
     "Register the INT8 variant of `name:ref` as `{name}-int8`, with FP32 and INT8 metrics on the labelled `frame`; returns (version, metrics)."
     from mlsys.evaluate import classification_metrics, score
@@ -242,12 +239,10 @@ def register_quantized(reg, name:str, ref:int|str, frame, y:str='is_fraud', stag
     metrics = {'auroc': m8['auroc'], 'auprc': m8['auprc'], 'fp32_auroc': m32['auroc'], 'fp32_auprc': m32['auprc'],
                'auprc_change': m8['auprc'] - m32['auprc'], 'decision_agreement': agree, 'max_score_diff': float(np.abs(p8 - p32).max()),
                'rows': len(frame), 'thresholds': th}
-    tmp = Path(tempfile.mkdtemp()); shutil.copytree(row['path'], tmp/'m', ignore=shutil.ignore_patterns('metrics.json', 'gates.json', 'lineage.json', 'schema.json', 'MODEL_CARD.md', 'checksums.json'))
-    spec = json.loads((tmp/'m'/'model.json').read_text()); (tmp/'m'/'model.json').write_text(json.dumps({**spec, 'quantize': 'dynamic-int8', 'source': f"{name}:{row['version']}"}, indent=1))
-    lineage = {**json.loads((Path(row['path'])/'lineage.json').read_text()), 'quantized_from': f"{name}:{row['version']}"}
-    v = reg.register(f'{name}-int8', tmp/'m', metrics, json.loads((Path(row['path'])/'gates.json').read_text()), lineage, features=FRAUD_FEATURES)
-    shutil.rmtree(tmp, ignore_errors=True)
-    if stage: reg.promote(f'{name}-int8', v, stage, reason=f"INT8 variant of {name}:{row['version']}")
+    src = f"{name}:{row['version']}"
+    v = reg.derive(name, row['version'], f'{name}-int8', {'quantize': 'dynamic-int8'}, metrics, {'quantized_from': src},
+                   FRAUD_FEATURES)
+    if stage: reg.promote(f'{name}-int8', v, stage, reason=f'INT8 variant of {src}')
     return v, metrics
 
 # %% ../nbs/08_serve.ipynb #3b884cee
@@ -304,149 +299,126 @@ def _metrics():
                'fetch': Histogram('mlsys_feature_fetch_seconds', 'Online feature reads per batch', registry=r,
                                   buckets=(.001, .002, .005, .01, .02, .05, .1, .2, .5, 1))}
 
-# %% ../nbs/08_serve.ipynb #f83a0c78
-class Service:
-    "The server's state: models, feature source, batcher, metrics; `process` is the batch function."
-    def __init__(self, ws:Workspace, cfg:ServeConfig, store=None, reg=None):
-        from mlsys.registry import Registry
-        self.ws, self.cfg, self.log = ws, cfg, get_logger('mlsys.serve')
-        self.reg = reg or Registry(ws.models)
-        self.chain, self.load_errors = load_chain(self.reg, cfg.model, cfg.ref)
-        for e in self.load_errors: self.log.error('model load failed: %s', e)
-        want = self._requested()
-        self.model_reason = None if want is not None and self.chain[0].version == want else 'model_fallback'   # on every answer while it lasts
-        self.schema = self._schema()
-        self.Request = request_model(self.schema, cfg.max_instances)
-        self.features = OnlineFeatures(store)
+# %% ../nbs/08_serve.ipynb #08c6d623
+class ServingMetrics:
+    "The server's Prometheus metrics, each labelled counter looked up once, and a log warning once per 10 s per kind."
+    def __init__(self, log=None):
         self.registry, self.m = _metrics()
-        self.io = ThreadPoolExecutor(1, thread_name_prefix='features')
-        from mlsys.monitor import PredictionLog
-        self.plog = PredictionLog(ws.monitoring/'predictions') if cfg.log_predictions else None
-        self.plog_pool = ThreadPoolExecutor(1, thread_name_prefix='prediction-log')   # the disk write leaves the event loop
-        self._log_queue = []
-        self.batcher = Batcher(self.process, cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue, self._on_batch)
-        from mlsys.deploy import Guard, RouteConfig, Router
-        path = ws.root/'serve'/'router.json'; ws.monitoring.mkdir(parents=True, exist_ok=True)
-        self.router = Router.load(path) if path.exists() else Router(RouteConfig(model=cfg.model, champion=cfg.ref), path=path)
-        self.guard, self.challenger = Guard(self.router.config), None
-        if self.router.needs_challenger():
-            try: self.challenger = load_served(self.reg, cfg.model, self.router.config.challenger)
-            except Exception as e: self.router.rollback(f'challenger failed to load at start: {e}')
-        self._warned, self._counters, self.predict_seconds = {}, {}, self.m['latency'].labels('predict')
-        self._ids = map(f'{secrets.token_hex(4)}-{{:x}}'.format, itertools.count())   # request ids: unique per process, cheap
+        self.log = log or get_logger('mlsys.serve')
+        self._warned, self._counters, self._latency = {}, {}, {}
 
-    def _requested(self):
-        try: return self.reg.get(self.cfg.model, self.cfg.ref)['version']
-        except Exception: return None
+    def count(self, endpoint:str, code:int):
+        "Count one answer of `endpoint` with status `code`."
+        key = (endpoint, code)
+        c = self._counters.get(key) or self._counters.setdefault(key, self.m['requests'].labels(endpoint, str(code)))
+        c.inc()
 
-    def _schema(self) -> dict:
-        for m in self.chain:
-            if m.transform is not None: return {'inputs': {'numeric': m.transform.numeric, 'categorical': m.transform.categorical}}
+    def latency(self, endpoint:str):
+        "The latency histogram of `endpoint`."
+        return self._latency.get(endpoint) or self._latency.setdefault(endpoint, self.m['latency'].labels(endpoint))
+
+    def error(self, kind:str, msg:str|None=None, *args):
+        "Count a failure of `kind`; log `msg` (with `args`) unless this kind was logged in the last 10 s."
+        self.m['errors'].labels(kind).inc()
+        if msg: self.warn(kind, msg, *args)
+
+    def warn(self, key:str, msg:str, *args):
+        "Log a warning at most once per 10 s per `key`."
+        if time.monotonic() - self._warned.get(key, -1e9) > 10:
+            self._warned[key] = time.monotonic()
+            self.log.warning(msg, *args)
+
+    def exposition(self) -> bytes:
+        "The metrics in Prometheus's text format."
+        from prometheus_client import generate_latest
+        return generate_latest(self.registry)
+
+# %% ../nbs/08_serve.ipynb #50641f14
+class ModelChain:
+    "The models that answer `name:ref`, best first, scoring each batch with the first one that runs."
+    def __init__(self, reg, name:str, ref:int|str, metrics:ServingMetrics):
+        self.metrics, self.asked_for = metrics, f'{name}:{ref}'
+        self.models, self.load_errors = load_chain(reg, name, ref)
+        for e in self.load_errors: metrics.log.error('model load failed: %s', e)
+        try: want = reg.get(name, ref)['version']
+        except Exception: want = None
+        # marks every answer while the version asked for is not the one serving
+        self.reason = None if want is not None and self.first.version == want else 'model_fallback'
+
+    @property
+    def first(self) -> ServedModel: return self.models[0]
+
+    @property
+    def rules(self) -> ServedModel: return self.models[-1]
+
+    def schema(self) -> dict:
+        "The serving schema: the inputs of the first model with a transform, else those training produces."
+        for m in self.models:
+            if m.transform is not None:
+                return {'inputs': {'numeric': m.transform.numeric, 'categorical': m.transform.categorical}}
         from mlsys.train import CATEGORICAL, numeric_features
         return {'inputs': {'numeric': numeric_features(), 'categorical': CATEGORICAL}}
 
-    def count(self, endpoint:str, code:int):
-        "Count one answer of `endpoint` with status `code` (each labelled counter is looked up once)."
-        c = self._counters.get((endpoint, code)) or self._counters.setdefault((endpoint, code), self.m['requests'].labels(endpoint, str(code)))
-        c.inc()
-
-    def _on_batch(self, size:int, depth:int): self.m['batch'].observe(size); self.m['queue'].set(depth)
-
-    @property
-    def model(self) -> ServedModel: return self.chain[0]
-
-    def _warn(self, key:str, msg:str, *args):
-        "Log a failure at most once per 10 s per kind: a stopped store must not flood the log."
-        if time.monotonic() - self._warned.get(key, -1e9) > 10: self._warned[key] = time.monotonic(); self.log.warning(msg, *args)
-
-    async def _features(self, inst:list) -> tuple[list[dict], str|None]:
-        "Online features for entity instances, or the fallback and the reason when the store fails or is slower than its timeout."
-        t0 = time.perf_counter()
-        try:
-            if self.features.store is None: raise RuntimeError('no feature store: run the features stage first')
-            fut = asyncio.get_running_loop().run_in_executor(self.io, self.features.fetch, inst)
-            rows = await asyncio.wait_for(fut, self.cfg.feature_timeout_ms / 1000)
-            self.m['fetch'].observe(time.perf_counter() - t0); return rows, None
-        except TimeoutError: reason = 'feature_store_timeout'; self._warn(reason, 'feature store slower than %.0f ms: answering with fallback features', self.cfg.feature_timeout_ms)
-        except Exception as e: reason = 'feature_store_error'; self._warn(reason, 'feature store failed (%s: %s): answering with fallback features', type(e).__name__, e)
-        self.m['degraded'].labels(reason).inc(len(inst))
-        return self.features.fallback(inst), reason
-
-    def _score(self, rows:list[dict]) -> tuple[np.ndarray, ServedModel, str|None]:
-        "Scores from the first model in the chain that runs; the reason when it was not the first."
-        for i, m in enumerate(self.chain):
+    def score(self, rows:list[dict]) -> tuple[np.ndarray, ServedModel, str|None]:
+        "Scores from the first model that runs, that model, and `model_error` when it was not the first."
+        for i, m in enumerate(self.models):
             try: return m.scores(rows), m, (None if i == 0 else 'model_error')
-            except Exception as e: self.m['errors'].labels('model').inc(); self._warn(f'model{i}', '%s failed to score (%s: %s); trying the next model', m.label, type(e).__name__, e)
+            except Exception as e:
+                msg = '%s failed to score (%s: %s); trying the next model'
+                self.metrics.error('model', msg, m.label, type(e).__name__, e)
         raise RuntimeError('every model failed, the rules included')
 
-    async def process(self, items:list) -> list[dict]:
-        "The batch function: features for the batch's entity requests in one read, then one forward pass."
-        rows, why = [None] * len(items), [[self.model_reason] if self.model_reason else [] for _ in items]
-        ent = [i for i, x in enumerate(items) if type(x) is EntityInstance]   # `type`: pydantic's isinstance is slow
-        for i, x in enumerate(items):
-            if type(x) is not EntityInstance: rows[i] = x.features.__dict__   # the validated fields; read, never changed
-        if ent:
-            got, reason = await self._features([items[i] for i in ent])
-            for r, i in zip(got, ent):
-                rows[i] = r
-                if reason: why[i].append(reason)
-        t0 = time.perf_counter(); scores, used, err = self._score(rows); ms = (time.perf_counter() - t0) * 1000
-        if err:
-            self.m['degraded'].labels(err).inc(len(rows))
-            for w in why: w.append(err)
-        decisions, labels = used.decide(scores), np.full(len(rows), used.label, object)
-        if self.challenger is not None and not err: self.route(items, rows, scores, decisions, labels, ms)
-        c = self.m['predictions']
-        for (lab, d), k in Counter(zip(labels, decisions)).items(): c.labels(lab, d).inc(k)
-        if self.model_reason: self.m['degraded'].labels(self.model_reason).inc(len(rows))
-        out = [{'score': s, 'decision': d, 'model_version': lab, 'degraded': bool(w), 'degraded_reasons': w, 'request_id': x.request_id or next(self._ids)}
-               for s, d, lab, w, x in zip(scores.round(6).tolist(), decisions.tolist(), labels.tolist(), why, items)]
-        if self.plog is not None: self._to_log(items, rows, out)
-        return out
+# %% ../nbs/08_serve.ipynb #67433daa
+class PredictionLogWriter:
+    "Answers, with their features and identifiers, to the prediction log in `folder`: one thread, 100 ms batches."
+    def __init__(self, folder:str|Path, metrics:ServingMetrics):
+        from mlsys.monitor import PredictionLog
+        self.plog, self.metrics, self._queue = PredictionLog(folder), metrics, []
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix='prediction-log')
 
-    def _to_log(self, items, rows, answers):
-        "Queue a batch for the prediction log; what gathers in 100 ms goes to the log's thread at once (few wake-ups, no disk I/O on the loop)."
-        self._log_queue.append((time.time(), items, rows, answers))
-        if len(self._log_queue) == 1: asyncio.get_running_loop().call_later(0.1, self.flush_log)
+    def add(self, items:Sequence, rows:Sequence[dict], answers:Sequence[dict]):
+        "Queue one batch: its instances, the features the model saw and the answers (call on the event loop)."
+        self._queue.append((time.time(), items, rows, answers))
+        if len(self._queue) == 1: asyncio.get_running_loop().call_later(0.1, self.flush)
 
-    def flush_log(self):
-        "Hand the queued answers to the log's thread."
-        if self._log_queue: batches, self._log_queue = self._log_queue, []; self.plog_pool.submit(self.log_predictions, batches)
+    def flush(self):
+        "Hand the queued batches to the writer thread."
+        if self._queue:
+            batches, self._queue = self._queue, []
+            self.pool.submit(self._write, batches)
 
-    def log_predictions(self, batches):
-        "Append answers, with their features and identifiers, to the prediction log (which hashes the identifiers)."
-        try: self.plog.write({**a, 'ts': getattr(x, 'request_ts', None) or now, 'user_id': x.user_id, 'device_id': getattr(x, 'device_id', None), 'features': r}
-                             for now, items, rows, answers in batches for x, r, a in zip(items, rows, answers))
-        except Exception as e: self.m['errors'].labels('prediction_log').inc(); self._warn('prediction_log', 'prediction log write failed: %s', e)
+    def close(self):
+        "Write what is queued and wait for the writer."
+        self.flush(); self.pool.shutdown(wait=True)
 
-    def route(self, items, rows, scores, decisions, labels, champion_ms:float):
-        "`09_deploy`'s router on one batch: the challenger answers its share (or, in shadow, scores everything and is only logged)."
-        from mlsys.deploy import enforce
-        r, ch, t0 = self.router, self.challenger, time.perf_counter()
-        mask = r.serve_challenger([x.user_id or x.request_id or '' for x in items])
-        idx = np.arange(len(rows)) if r.shadow else np.flatnonzero(mask)
-        if len(idx):
-            try:
-                cs = ch.scores([rows[i] for i in idx]); self.guard.record('challenger', (time.perf_counter() - t0) * 1000, False, cs)
-                if r.shadow: self.shadow_log(items, scores, cs)
-                else: scores[idx], decisions[idx], labels[idx] = cs, ch.decide(cs), ch.label
-            except Exception as e:
-                self.m['errors'].labels('challenger').inc(); self._warn('challenger', 'challenger %s failed: %s', ch.label, e)
-                self.guard.record('challenger', 0.0, np.ones(len(idx), bool))
-        keep = np.setdiff1d(np.arange(len(rows)), [] if r.shadow else idx)
-        if len(keep): self.guard.record('champion', champion_ms, False, scores[keep])
-        reasons = enforce(r, self.guard)
-        if reasons:
-            self.m['errors'].labels('rollback').inc(); self.log.warning('automatic rollback of %s: %s', ch.label, '; '.join(reasons)); self.challenger = None
+    def _write(self, batches):
+        rec = lambda now, x, r, a: {**a, 'ts': getattr(x, 'request_ts', None) or now, 'user_id': x.user_id,
+                                    'device_id': getattr(x, 'device_id', None), 'features': r}
+        try: self.plog.write(rec(now, *z) for now, items, rows, answers in batches for z in zip(items, rows, answers))
+        except Exception as e: self.metrics.error('prediction_log', 'prediction log write failed: %s', e)
 
-    def shadow_log(self, items, champion, challenger):
-        "Append the shadow comparison of a batch to `monitoring/shadow.jsonl`: one line per request."
-        lines = ''.join(json.dumps({'request_id': x.request_id, 'champion': round(float(a), 6), 'challenger': round(float(b), 6),
-                                    'challenger_version': self.challenger.label}) + '\n' for x, a, b in zip(items, champion, challenger))
-        with open(self.ws.monitoring/'shadow.jsonl', 'a') as f: f.write(lines)
+# %% ../nbs/08_serve.ipynb #c9f9b485
+class ChallengerRouting:
+    "The champion/challenger split of `09_deploy` on each batch, its guard, the shadow log and the runtime changes."
+    def __init__(self, ws:Workspace, reg, cfg:ServeConfig, metrics:ServingMetrics):
+        from mlsys.deploy import Guard, RouteConfig, Router
+        self.ws, self.reg, self.metrics = ws, reg, metrics
+        path = ws.root/'serve'/'router.json'; ws.monitoring.mkdir(parents=True, exist_ok=True)
+        fresh = lambda: Router(RouteConfig(model=cfg.model, champion=cfg.ref), path=path)
+        self.router = Router.load(path) if path.exists() else fresh()
+        self.guard, self.challenger = Guard(self.router.config), None
+        if self.router.needs_challenger():
+            try: self.challenger = load_served(reg, cfg.model, self.router.config.challenger)
+            except Exception as e: self.router.rollback(f'challenger failed to load at start: {e}')
 
-    def configure_route(self, **changes) -> dict:
-        "Change the router (validated) and load the challenger it needs; a challenger that fails to load leaves the route as it was."
+    def state(self) -> dict:
+        "What `/admin/route` answers: the configuration, the challenger loaded, the guard's statistics, the events."
+        return {'config': self.router.config.model_dump(),
+                'challenger_loaded': self.challenger.label if self.challenger else None,
+                'guard': self.guard.stats(), 'events': self.router.events[-20:]}
+
+    def configure(self, **changes) -> dict:
+        "Change the router (validated) and load the challenger it needs; on a load failure the route stays as it was."
         from mlsys.deploy import Guard
         old = self.router.config; new = self.router.update(reason=changes.pop('reason', None), **changes)
         try: ch = load_served(self.reg, new.model, new.challenger) if self.router.needs_challenger() else None
@@ -454,13 +426,175 @@ class Service:
         self.challenger, self.guard = ch, Guard(new)
         return new.model_dump()
 
-    async def rules_answer(self, items:list) -> list[dict]:
-        "The answer of last resort, from the rules on fallback features."
-        rules = self.chain[-1]
-        rows = [self.features.fallback([x])[0] if isinstance(x, EntityInstance) else dict(x.features) for x in items]
-        s = rules.scores(rows)
-        return [{'score': float(v), 'decision': str(d), 'model_version': rules.label, 'degraded': True, 'degraded_reasons': ['internal_error'],
-                 'request_id': x.request_id or next(self._ids)} for v, d, x in zip(s, rules.decide(s), items)]
+    def switch(self, reason:str|None=None): self.router.switch(reason)
+
+    def rollback(self, reason:str|None=None):
+        "Send all traffic back to the champion and drop the challenger."
+        self.router.rollback(reason or 'rollback by an operator'); self.challenger = None
+
+# %% ../nbs/08_serve.ipynb #dc82ef2f
+@patch
+def apply(self:ChallengerRouting, items:list, rows:list[dict], scores:np.ndarray, decisions:np.ndarray,
+          labels:np.ndarray, champion_ms:float):
+    "The challenger answers its share of a batch (in place), or scores all of it in shadow; the guard may roll it back."
+    from mlsys.deploy import enforce
+    r, ch, t0 = self.router, self.challenger, time.perf_counter()
+    keys = [x.user_id or x.request_id or '' for x in items]
+    idx = np.arange(len(rows)) if r.shadow else np.flatnonzero(r.serve_challenger(keys))
+    if len(idx):
+        try:
+            cs = ch.scores([rows[i] for i in idx])
+            self.guard.record('challenger', (time.perf_counter() - t0) * 1000, False, cs)
+            if r.shadow: self._shadow_log(items, scores, cs)
+            else: scores[idx], decisions[idx], labels[idx] = cs, ch.decide(cs), ch.label
+        except Exception as e:
+            self.metrics.error('challenger', 'challenger %s failed: %s', ch.label, e)
+            self.guard.record('challenger', 0.0, np.ones(len(idx), bool))
+    keep = np.setdiff1d(np.arange(len(rows)), [] if r.shadow else idx)
+    if len(keep): self.guard.record('champion', champion_ms, False, scores[keep])
+    reasons = enforce(r, self.guard)
+    if reasons:
+        self.metrics.error('rollback')
+        self.metrics.log.warning('automatic rollback of %s: %s', ch.label, '; '.join(reasons))
+        self.challenger = None
+
+@patch
+def _shadow_log(self:ChallengerRouting, items, champion, challenger):
+    ver = self.challenger.label
+    line = lambda x, a, b: json.dumps({'request_id': x.request_id, 'champion': round(float(a), 6),
+                                       'challenger': round(float(b), 6), 'challenger_version': ver}) + '\n'
+    lines = ''.join(line(x, a, b) for x, a, b in zip(items, champion, challenger))
+    with open(self.ws.monitoring/'shadow.jsonl', 'a') as f: f.write(lines)
+
+# %% ../nbs/08_serve.ipynb #5285c5e6
+class Predictor:
+    "One model kind behind one route: its `Request` model, `predict` for a batch, its batching and its fallback."
+    route: str = '/predict'
+    Request: type[BaseModel]
+    max_batch_size, max_queue_delay_ms, max_queue = 32, 2.0, 1024
+
+    async def predict(self, items:list) -> list[dict]:
+        "One answer per instance of a batch."
+        raise NotImplementedError
+
+    async def fallback(self, items:list, error:Exception) -> list[dict]:
+        "Answers for a request whose batch raised `error`; by default the error stands."
+        raise error
+
+    def on_batch(self, size:int, depth:int):
+        "Called after each batch with its size and the queue left behind."
+
+    def info(self) -> dict: return {'route': self.route}
+
+    def start(self):
+        "Start batching (inside the server's event loop)."
+        self.batcher = Batcher(self.predict, self.max_batch_size, self.max_queue_delay_ms, self.max_queue,
+                               self.on_batch)
+        self.batcher.start()
+
+    async def stop(self): await self.batcher.stop()
+
+    @property
+    def ready(self) -> bool: return getattr(self, 'batcher', None) is not None and self.batcher.running
+
+    async def submit(self, instances:list) -> list[dict]:
+        "Queue `instances` for batching and wait for their answers; `Overloaded` when the queue is full."
+        return await self.batcher.submit(instances)
+
+# %% ../nbs/08_serve.ipynb #7bf2ce3d
+class FraudPredictor(Predictor):
+    "Fraud decisions at `/predict`: the model chain on online features, challenger routing, the prediction log."
+    route = '/predict'
+    def __init__(self, ws:Workspace, cfg:ServeConfig, store=None, metrics:ServingMetrics|None=None, reg=None):
+        from mlsys.registry import Registry
+        self.ws, self.cfg, self.metrics = ws, cfg, metrics or ServingMetrics()
+        reg = reg or Registry(ws.models)
+        self.chain = ModelChain(reg, cfg.model, cfg.ref, self.metrics)
+        self.Request = request_model(self.chain.schema(), cfg.max_instances)
+        self.features, self.io = OnlineFeatures(store), ThreadPoolExecutor(1, thread_name_prefix='features')
+        self.plog = PredictionLogWriter(ws.monitoring/'predictions', self.metrics) if cfg.log_predictions else None
+        self.routing = ChallengerRouting(ws, reg, cfg, self.metrics)
+        self.max_batch_size, self.max_queue_delay_ms = cfg.max_batch_size, cfg.max_queue_delay_ms
+        self.max_queue = cfg.max_queue
+        self._ids = map(f'{secrets.token_hex(4)}-{{:x}}'.format, itertools.count())   # request ids: unique per process
+
+    def on_batch(self, size:int, depth:int): self.metrics.m['batch'].observe(size); self.metrics.m['queue'].set(depth)
+
+    def info(self) -> dict:
+        "What `/models` answers."
+        return {'serving': self.chain.first.label, 'asked_for': self.chain.asked_for,
+                'chain': [m.label for m in self.chain.models], 'load_errors': self.chain.load_errors,
+                'feature_store': self.features.store is not None,
+                'config': self.cfg.model_dump(exclude={'admin_token'})}
+
+    async def stop(self):
+        await super().stop(); self.io.shutdown(wait=False, cancel_futures=True)
+        if self.plog is not None: self.plog.close()
+
+# %% ../nbs/08_serve.ipynb #532c4e22
+@patch
+async def _features(self:FraudPredictor, inst:list) -> tuple[list[dict], str|None]:
+    "Online features for entity instances; the fallback and the reason when the store fails or misses its timeout."
+    t0 = time.perf_counter()
+    try:
+        if self.features.store is None: raise RuntimeError('no feature store: run the features stage first')
+        fut = asyncio.get_running_loop().run_in_executor(self.io, self.features.fetch, inst)
+        rows = await asyncio.wait_for(fut, self.cfg.feature_timeout_ms / 1000)
+        self.metrics.m['fetch'].observe(time.perf_counter() - t0); return rows, None
+    except TimeoutError:
+        reason = 'feature_store_timeout'
+        self.metrics.warn(reason, 'feature store slower than %.0f ms: answering with fallback features',
+                          self.cfg.feature_timeout_ms)
+    except Exception as e:
+        reason = 'feature_store_error'
+        msg = 'feature store failed (%s: %s): answering with fallback features'
+        self.metrics.warn(reason, msg, type(e).__name__, e)
+    self.metrics.m['degraded'].labels(reason).inc(len(inst))
+    return self.features.fallback(inst), reason
+
+# %% ../nbs/08_serve.ipynb #28073a66
+@patch
+async def predict(self:FraudPredictor, items:list) -> list[dict]:
+    "The batch function: features for the entity requests in one read, one forward pass, the challenger's share."
+    why = [[self.chain.reason] if self.chain.reason else [] for _ in items]
+    # `type`: pydantic's isinstance is slow; a vector's validated fields are read, never changed
+    rows = [None if type(x) is EntityInstance else x.features.__dict__ for x in items]
+    ent = [i for i, x in enumerate(items) if type(x) is EntityInstance]
+    if ent:
+        got, reason = await self._features([items[i] for i in ent])
+        for r, i in zip(got, ent):
+            rows[i] = r
+            if reason: why[i].append(reason)
+    t0 = time.perf_counter(); scores, used, err = self.chain.score(rows); ms = (time.perf_counter() - t0) * 1000
+    if err:
+        self.metrics.m['degraded'].labels(err).inc(len(rows))
+        for w in why: w.append(err)
+    decisions, labels = used.decide(scores), np.full(len(rows), used.label, object)
+    if self.routing.challenger is not None and not err: self.routing.apply(items, rows, scores, decisions, labels, ms)
+    self._count(labels, decisions, len(rows))
+    out = [{'score': s, 'decision': d, 'model_version': lab, 'degraded': bool(w), 'degraded_reasons': w,
+            'request_id': x.request_id or next(self._ids)}
+           for s, d, lab, w, x in zip(scores.round(6).tolist(), decisions.tolist(), labels.tolist(), why, items)]
+    if self.plog is not None: self.plog.add(items, rows, out)
+    return out
+
+@patch
+def _count(self:FraudPredictor, labels, decisions, n:int):
+    c = self.metrics.m['predictions']
+    for (lab, d), k in Counter(zip(labels, decisions)).items(): c.labels(lab, d).inc(k)
+    if self.chain.reason: self.metrics.m['degraded'].labels(self.chain.reason).inc(n)
+
+# %% ../nbs/08_serve.ipynb #f2ca7369
+@patch
+async def fallback(self:FraudPredictor, items:list, error:Exception) -> list[dict]:
+    "The answer of last resort: the rules on fallback features, marked `degraded` (a bug is not the client's fault)."
+    self.metrics.error('internal', 'predict failed (%s: %s): answering with rules', type(error).__name__, error)
+    rules = self.chain.rules
+    rows = [self.features.fallback([x])[0] if isinstance(x, EntityInstance) else dict(x.features) for x in items]
+    s = rules.scores(rows)
+    return [{'score': float(v), 'decision': str(d), 'model_version': rules.label, 'degraded': True,
+             'degraded_reasons': ['internal_error'], 'request_id': x.request_id or next(self._ids)}
+            for v, d, x in zip(s, rules.decide(s), items)]
 
 # %% ../nbs/08_serve.ipynb #f15fd50c
 class _TooLarge(Exception): pass
@@ -493,114 +627,149 @@ def admin_token(ws:Workspace, token:str|None=None) -> str:
         with os.fdopen(fd, 'w') as f: f.write(secrets.token_urlsafe(24))
     return path.read_text().strip()
 
-# %% ../nbs/08_serve.ipynb #31dbf835
+# %% ../nbs/08_serve.ipynb #fa633e37
 def _openapi(app):
-    "Make the app's OpenAPI document carry the `/predict` body schema of the model being served."
+    "Make the app's OpenAPI document carry each predictor's request body schema."
     from fastapi.openapi.utils import get_openapi
     def spec():
         if app.openapi_schema: return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        body = app.state.svc.Request.model_json_schema(ref_template='#/components/schemas/{model}')
-        doc.setdefault('components', {}).setdefault('schemas', {}).update({**body.pop('$defs', {}), 'PredictRequest': body})
-        doc['paths']['/predict']['post']['requestBody'] = {'required': True, 'content': {'application/json': {'schema': {'$ref': '#/components/schemas/PredictRequest'}}}}
+        schemas = doc.setdefault('components', {}).setdefault('schemas', {})
+        for route, p in app.state.predictors.items():
+            body, name = p.Request.model_json_schema(ref_template='#/components/schemas/{model}'), p.Request.__name__
+            schemas.update({**body.pop('$defs', {}), name: body})
+            body_ref = {'application/json': {'schema': {'$ref': f'#/components/schemas/{name}'}}}
+            doc['paths'][route]['post']['requestBody'] = {'required': True, 'content': body_ref}
         app.openapi_schema = doc; return doc
     app.openapi = spec
 
-# %% ../nbs/08_serve.ipynb #45a4142b
+# %% ../nbs/08_serve.ipynb #df8c2a8c
 def _reply(app, obj, code:int=200, headers=None, endpoint:str='predict') -> Response:
     "`obj` as a JSON response, counted in the metrics under `endpoint` and `code`."
-    app.state.svc.count(endpoint, code)
+    app.state.metrics.count(endpoint, code)
     return Response(app.state.dumps(obj), code, headers, media_type='application/json')
 
 def _refuse(app, code:int, field:str, rule:str, value=None, headers=None, endpoint:str='predict') -> Response:
     "A refusal that names the field, the rule it broke and the value."
     return _reply(app, {'detail': [{'field': field, 'rule': rule, 'value': value}]}, code, headers, endpoint)
 
-def _predict_route(app, cfg:ServeConfig):
-    "`POST /predict` and the no-op floor beside it."
-    @app.post('/predict', responses={400: {'description': 'malformed JSON'}, 413: {'description': 'body too large'},
-                                     422: {'description': 'a field breaks a rule'}, 503: {'description': 'overloaded: retry after Retry-After seconds'}})
-    async def predict(request: Request):
-        "Score `instances`: each either entity keys plus request fields, or a raw feature vector."
-        t0, svc = time.perf_counter(), app.state.svc
-        try: body = await _read_body(request, cfg.max_body_bytes)
-        except _TooLarge as e: return _refuse(app, 413, 'body', f'at most {cfg.max_body_bytes} bytes', e.args[0])
-        try: obj = app.state.loads(body)
-        except ValueError as e:
-            try: obj = json.loads(body)   # NaN and Infinity are not JSON, but Python's parser reads them: then the field gets named below
-            except ValueError: return _refuse(app, 400, 'body', f'malformed JSON: {e}', body[:80].decode(errors='replace'))
-        try: req = svc.Request.model_validate(obj)
-        except ValidationError as e: return _reply(app, {'detail': error_detail(e)}, 422)
-        try: preds = await svc.batcher.submit(req.instances)
-        except Overloaded as e:
-            svc.m['errors'].labels('overloaded').inc(); return _refuse(app, 503, 'server', f'overloaded, {e}', None, {'Retry-After': '1'})
-        except Exception as e:   # a bug, not the client's fault: the rules answer, marked degraded
-            svc.m['errors'].labels('internal').inc(); svc._warn('internal', 'predict failed (%s: %s): answering with rules', type(e).__name__, e)
-            preds = await svc.rules_answer(req.instances)
-        dt = time.perf_counter() - t0; svc.predict_seconds.observe(dt)
-        return _reply(app, {'predictions': preds, 'latency_ms': round(dt * 1000, 3)})
+async def _parse(app, request, limit:int, endpoint:str):
+    "The JSON body of `request`, or the refusal to answer (413 past `limit` bytes, 400 for malformed JSON)."
+    try: body = await _read_body(request, limit)
+    except _TooLarge as e:
+        return None, _refuse(app, 413, 'body', f'at most {limit} bytes', e.args[0], endpoint=endpoint)
+    try: return app.state.loads(body), None
+    except ValueError as e:
+        try: return json.loads(body), None   # NaN, Infinity: not JSON, but Python reads them
+        except ValueError:
+            shown = body[:80].decode(errors='replace')
+            return None, _refuse(app, 400, 'body', f'malformed JSON: {e}', shown, endpoint=endpoint)
 
+# %% ../nbs/08_serve.ipynb #ae326673
+_PREDICT_RESPONSES = {400: {'description': 'malformed JSON'}, 413: {'description': 'body too large'},
+                      422: {'description': 'a field breaks a rule'},
+                      503: {'description': 'overloaded: retry after Retry-After seconds'}}
+
+def _predictor_route(app, route:str, max_body_bytes:int):
+    "`POST route`: the predictor registered there answers the body's `instances`."
+    endpoint = route.strip('/')
+    @app.post(route, responses=_PREDICT_RESPONSES, name=endpoint)
+    async def predict(request: Request):
+        "Score `instances`; see the request body's schema."
+        t0, p, metrics = time.perf_counter(), app.state.predictors[route], app.state.metrics
+        obj, refusal = await _parse(app, request, max_body_bytes, endpoint)
+        if refusal is not None: return refusal
+        try: req = p.Request.model_validate(obj)
+        except ValidationError as e: return _reply(app, {'detail': error_detail(e)}, 422, endpoint=endpoint)
+        try: preds = await p.submit(req.instances)
+        except Overloaded as e:
+            metrics.error('overloaded')
+            return _refuse(app, 503, 'server', f'overloaded, {e}', None, {'Retry-After': '1'}, endpoint)
+        except Exception as e: preds = await p.fallback(req.instances, e)
+        dt = time.perf_counter() - t0; metrics.latency(endpoint).observe(dt)
+        return _reply(app, {'predictions': preds, 'latency_ms': round(dt * 1000, 3)}, endpoint=endpoint)
+
+def _noop_route(app):
     @app.post('/noop', include_in_schema=False)
     async def noop(request: Request):
         "The HTTP floor: the same stack, reading the body, doing nothing."
         await request.body(); return Response(b'{}', media_type='application/json')
 
-# %% ../nbs/08_serve.ipynb #f247d064
-def _operations_routes(app, cfg:ServeConfig):
+# %% ../nbs/08_serve.ipynb #28bc2a7c
+def _operations_routes(app):
     "Health, readiness, metrics and the models being served."
     @app.get('/health/live')
     async def live(): return {'status': 'alive'}
 
     @app.get('/health/ready', responses={503: {'description': 'not ready'}})
     async def ready():
-        ok = app.state.ready and app.state.svc.batcher._task is not None and not app.state.svc.batcher._task.done()
+        ok = app.state.ready and all(p.ready for p in app.state.predictors.values())
         return Response(app.state.dumps({'ready': bool(ok)}), 200 if ok else 503, media_type='application/json')
 
     @app.get('/metrics')
     async def metrics():
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        return Response(generate_latest(app.state.svc.registry), media_type=CONTENT_TYPE_LATEST)
+        from prometheus_client import CONTENT_TYPE_LATEST
+        return Response(app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get('/models')
-    async def models():
-        svc = app.state.svc
-        return {'serving': svc.model.label, 'asked_for': f'{cfg.model}:{cfg.ref}', 'chain': [m.label for m in svc.chain],
-                'load_errors': svc.load_errors, 'feature_store': svc.features.store is not None, 'config': cfg.model_dump(exclude={'admin_token'})}
+    async def models(): return app.state.predictors['/predict'].info()
 
-# %% ../nbs/08_serve.ipynb #96c353bf
+# %% ../nbs/08_serve.ipynb #1fbae746
 def _admin_route(app, token:str):
-    "`/admin/route`, `/admin/switch` and `/admin/rollback`, behind a bearer token."
+    "`/admin/route`, `/admin/switch` and `/admin/rollback` of the fraud predictor's routing, behind a bearer token."
     def authorized(request) -> bool:
         return hmac.compare_digest(request.headers.get('authorization', '').encode(), f'Bearer {token}'.encode())
-
-    def state(svc):
-        return {'config': svc.router.config.model_dump(), 'challenger_loaded': svc.challenger.label if svc.challenger else None,
-                'guard': svc.guard.stats(), 'events': svc.router.events[-20:]}
 
     @app.api_route('/admin/{action}', methods=['GET', 'POST'], responses={401: {'description': 'no or wrong token'}, 422: {'description': 'a refused change'}})
     async def admin(action:str, request: Request):
         "Routing: GET `route`; POST `route` (JSON changes: mode, challenger, share, limits...), `switch` (blue-green) or `rollback`. Needs `Authorization: Bearer <token>`."
-        svc = app.state.svc
+        routing = app.state.predictors['/predict'].routing
         if not authorized(request): return _refuse(app, 401, 'authorization', 'a valid admin bearer token is required', None, {'WWW-Authenticate': 'Bearer'}, 'admin')
         if action not in ('route', 'switch', 'rollback'): return _refuse(app, 404, 'action', 'one of route, switch, rollback', action, endpoint='admin')
-        if request.method == 'GET': return _reply(app, state(svc), endpoint='admin')
+        if request.method == 'GET': return _reply(app, routing.state(), endpoint='admin')
         from mlsys.deploy import DeployError
         try:
             body = await _read_body(request, 65536); changes = app.state.loads(body) if body.strip() else {}
             if not isinstance(changes, dict): raise DeployError(f'the body must be a JSON object of changes, got {type(changes).__name__}')
-            if action == 'route': svc.configure_route(**changes)
-            elif action == 'switch': svc.router.switch(changes.get('reason'))
-            else: svc.router.rollback(changes.get('reason') or 'rollback by an operator'); svc.challenger = None
+            if action == 'route': routing.configure(**changes)
+            elif action == 'switch': routing.switch(changes.get('reason'))
+            else: routing.rollback(changes.get('reason'))
         except (DeployError, ValueError, TypeError) as e: return _refuse(app, 422, action, str(e), endpoint='admin')
         except _TooLarge as e: return _refuse(app, 413, 'body', 'at most 65536 bytes', e.args[0], endpoint='admin')
-        return _reply(app, state(svc), endpoint='admin')
+        return _reply(app, routing.state(), endpoint='admin')
 
-# %% ../nbs/08_serve.ipynb #afaabe4d
-def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None, store='auto'):
-    "The FastAPI application of `mlsys serve` for `workspace`; `store` is a Feast store, None, or 'auto' (`features/current`)."
+# %% ../nbs/08_serve.ipynb #7053b606
+@dataclass
+class ServeContext:
+    "What a predictor may build on: the workspace, the settings, the feature store (or None) and the server's metrics."
+    ws: Workspace
+    cfg: ServeConfig
+    store: Any
+    metrics: ServingMetrics
+
+async def _start(app, ctx:ServeContext, predictors:dict):
+    "Build and start every predictor, the fraud one first, after warming up the feature store."
+    fraud = FraudPredictor(ctx.ws, ctx.cfg, ctx.store, ctx.metrics)
+    app.state.predictors = {'/predict': fraud, **{route: make(ctx) for route, make in predictors.items()}}
+    if ctx.store is not None:
+        try: fraud.features.fetch([EntityInstance(user_id='warm-up', merchant_id=0, device_id='warm-up', amount=1.0)])
+        except Exception as e: ctx.metrics.log.warning('feature store warm-up failed: %s', e)
+    import gc
+    gc.collect(); gc.freeze()
+    gc.set_threshold(50_000, 50, 100)   # a request allocates ~100 objects: collect every few hundred, not every 7
+    for p in app.state.predictors.values(): p.start()
+    app.state.ready = True
+    ctx.metrics.log.info('serving %s (asked for %s) with batches of up to %d', fraud.chain.first.label,
+                         fraud.chain.asked_for, ctx.cfg.max_batch_size)
+
+# %% ../nbs/08_serve.ipynb #86088b75
+def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None, store='auto',
+               predictors:dict[str, Callable[[ServeContext], Predictor]]|None=None):
+    "The FastAPI application of `mlsys serve` for `workspace`; `store`: a Feast store, None or 'auto'."
     from contextlib import asynccontextmanager
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
-    cfg = cfg or ServeConfig(); token = admin_token(ws, cfg.admin_token)
+    cfg, predictors = cfg or ServeConfig(), predictors or {}
+    token = admin_token(ws, cfg.admin_token)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -609,19 +778,17 @@ def create_app(workspace:str|Path|Workspace|None=None, cfg:ServeConfig|None=None
         if st == 'auto':
             from mlsys.features import open_store
             st = open_store(ws.features/'current') if (ws.features/'current').exists() else None
-        app.state.svc = svc = Service(ws, cfg, st)
-        if st is not None:
-            try: svc.features.fetch([EntityInstance(user_id='warm-up', merchant_id=0, device_id='warm-up', amount=1.0)])
-            except Exception as e: svc.log.warning('feature store warm-up failed: %s', e)
-        import gc; gc.collect(); gc.freeze(); gc.set_threshold(50_000, 50, 100)   # a request allocates ~100 objects: collect every few hundred, not every 7
-        svc.batcher.start(); app.state.ready = True
-        svc.log.info('serving %s (asked for %s:%s) with batches of up to %d', svc.model.label, cfg.model, cfg.ref, cfg.max_batch_size)
+        await _start(app, ServeContext(ws, cfg, st, app.state.metrics), predictors)
         yield
-        app.state.ready = False; await svc.batcher.stop(); svc.io.shutdown(wait=False, cancel_futures=True); svc.flush_log(); svc.plog_pool.shutdown(wait=True)
+        app.state.ready = False
+        for p in app.state.predictors.values(): await p.stop()
 
-    app = FastAPI(title='mlsys serving', version='1', lifespan=lifespan, description='Fraud decisions from the registry model; see nbs/08_serve.ipynb.')
-    app.state.ready = False; app.state.loads, app.state.dumps = _codec(cfg.json_lib)
-    _predict_route(app, cfg); _operations_routes(app, cfg); _admin_route(app, token); _openapi(app)
+    app = FastAPI(title='mlsys serving', version='1', lifespan=lifespan,
+                  description='Fraud decisions from the registry model; see nbs/08_serve.ipynb.')
+    app.state.ready, app.state.metrics, app.state.predictors = False, ServingMetrics(), {}
+    app.state.loads, app.state.dumps = _codec(cfg.json_lib)
+    for route in ('/predict', *predictors): _predictor_route(app, route, cfg.max_body_bytes)
+    _noop_route(app); _operations_routes(app); _admin_route(app, token); _openapi(app)
     return app
 
 # %% ../nbs/08_serve.ipynb #91ba297f
@@ -632,37 +799,6 @@ def serve(workspace:str|Path|None=None, host:str='127.0.0.1', port:int=8000, **c
     print(f'mlsys serve: {cfg.model}:{cfg.ref} on http://{host}:{port} (OpenAPI at /docs, metrics at /metrics)', flush=True)
     uvicorn.run(create_app(workspace, cfg), host=host, port=port, loop='uvloop', http='httptools', log_level='warning', access_log=False,
                 proxy_headers=False, server_header=False, date_header=False, timeout_graceful_shutdown=5)
-
-# %% ../nbs/08_serve.ipynb #b436f199
-def _encode(host:str, path:str, body:bytes) -> bytes:
-    return f'POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n'.encode() + body
-
-async def _client(host, port, reqs, state, lat, codes, deadline):
-    try: reader, writer = await asyncio.open_connection(host, port)
-    except OSError: codes['connect_error'] = codes.get('connect_error', 0) + 1; return
-    try:
-        while state['next'] < state['n'] and time.perf_counter() < deadline:
-            i = state['next']; state['next'] += 1; t0 = time.perf_counter()
-            writer.write(reqs[i % len(reqs)])
-            head = await reader.readuntil(b'\r\n\r\n'); code = int(head[9:12])
-            k = head.lower().find(b'content-length:'); n = int(head[k + 15:head.index(b'\r\n', k)]) if k >= 0 else 0
-            await reader.readexactly(n); lat.append(time.perf_counter() - t0); codes[code] = codes.get(code, 0) + 1
-    except (OSError, asyncio.IncompleteReadError, ValueError): codes['connection_error'] = codes.get('connection_error', 0) + 1
-    finally: writer.close()
-
-def load_test(port:int, path:str, bodies:Sequence[bytes], n:int, concurrency:int, max_seconds:float=60, host:str='127.0.0.1') -> dict:
-    "POST `bodies` (cycled) to `path` with `concurrency` connections until `n` answers or `max_seconds`; throughput and latency."
-    import uvloop
-    reqs = [_encode(host, path, b) for b in bodies]; state, lat, codes = {'next': 0, 'n': n}, [], {}
-    async def main():
-        deadline = time.perf_counter() + max_seconds
-        await asyncio.gather(*(_client(host, port, reqs, state, lat, codes, deadline) for _ in range(concurrency)))
-    t0 = time.perf_counter(); uvloop.run(main()); dt = time.perf_counter() - t0
-    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
-    ok = sum(v for k, v in codes.items() if isinstance(k, int) and 200 <= k < 300)
-    return {'requests': len(lat), 'seconds': round(dt, 2), 'rps': round(len(lat) / dt, 1), 'p50_ms': round(float(np.percentile(ms, 50)), 2),
-            'p95_ms': round(float(np.percentile(ms, 95)), 2), 'p99_ms': round(float(np.percentile(ms, 99)), 2),
-            'errors': sum(codes.values()) - ok, 'codes': {str(k): v for k, v in codes.items()}}
 
 # %% ../nbs/08_serve.ipynb #852ccf70
 def free_port() -> int:
@@ -697,55 +833,58 @@ def start_server(workspace:str|Path, *args:str, env:dict|None=None, timeout:floa
         except OSError: time.sleep(0.3)
     proc.kill(); raise TimeoutError(f'mlsys serve was not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}')
 
-# %% ../nbs/08_serve.ipynb #2a8f42ef
-def _bench_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], list[bytes]]:
-    "Entity and raw-vector request bodies from the last transactions of the workspace's lake (vectors read from the online store)."
-    import orjson
-    from mlsys.features import open_store
-    from mlsys.train import CATEGORICAL, numeric_features
-    from mlsys.world import read_table
-    tx = read_table(ws.lake, 'transactions').tail(n)
-    ents = [EntityInstance(user_id=str(r.user_id), merchant_id=int(r.merchant_id), device_id=str(r.device_id), amount=float(r.amount),
-                           request_ts=int(r.ts.timestamp())) for r in tx.itertuples()]
-    feats = OnlineFeatures(open_store(ws.features/'current')).fetch(ents[:200])
-    clean = lambda v: v if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
-    vec = [{'features': {**{c: float(clean(f[c])) for c in numeric_features()}, **{c: str(f[c]) for c in CATEGORICAL}}} for f in feats]
-    return [orjson.dumps({'instances': [e.model_dump(exclude_none=True)]}) for e in ents], [orjson.dumps({'instances': [v]}) for v in vec]
+# %% ../nbs/08_serve.ipynb #ff385b10
+def decide(scores:np.ndarray, # model scores in [0, 1]
+           thresholds:dict) -> np.ndarray: # `review` and `block` thresholds, as in a version's metrics
+    "The decision for each score: `block` at or above `block`, `review` at or above `review`, else `approve`."
+    return np.select([scores >= thresholds['block'], scores >= thresholds['review']], ['block', 'review'], 'approve')
 
-def bench_serve(quick:bool=False, ws:Workspace|None=None):
-    "Batching off/on at concurrency 1/8/32 on entity requests, predict against the no-op floor, orjson against json, and a load test."
-    ws = ws or Workspace()
-    from mlsys.registry import Registry, RegistryError
-    try: Registry(ws.models).get('fraud', 'production')
-    except RegistryError as e: raise ValueError(f'bench serve needs a production model in {ws.root}: run `mlsys run --workspace {ws.root}` first ({e})') from e
-    ents, vecs = _bench_bodies(ws)
-    flags = {'batching off': ['--max-batch-size', '1'], 'batching on': [], 'batching on, stdlib json': ['--json', 'stdlib'], 'batching on, no prediction log': ['--no-prediction-log']}
-    with ThreadPoolExecutor(len(flags)) as ex: servers = dict(zip(flags, ex.map(lambda f: start_server(ws.root, *f), flags.values())))
-    rounds, n, secs = (2, 300, 5) if quick else (3, 1500, 10)
-    floor_secs = 1 if quick else 3   # the floor comparison runs for a fixed time: at thousands of requests/s, counts end too soon
-    runs = [(f'entity c{c}, {b}', b, '/predict', ents, c) for c in (1, 8, 32) for b in ('batching off', 'batching on')]
-    runs += [('vector c32, batching on', 'batching on', '/predict', vecs, 32), ('no-op c32', 'batching on', '/noop', vecs, 32),
-             ('vector c32, batching on, stdlib json', 'batching on, stdlib json', '/predict', vecs, 32),
-             ('vector c32, batching on, no prediction log', 'batching on, no prediction log', '/predict', vecs, 32)]
-    try:
-        for s in servers.values(): load_test(s.port, '/predict', ents, 100, 8, secs)   # warm-up
-        got = {label: [] for label, *_ in runs}
-        for _ in range(rounds):
-            for label, srv, path, bodies, c in runs:
-                timed = bodies is vecs
-                got[label].append(load_test(servers[srv].port, path, bodies, 10**6 if timed else n // 5 if c == 1 else n, c, floor_secs if timed else secs))
-        load = load_test(servers['batching on'].port, '/predict', ents, 3000 if quick else 20_000, 64, 120 if quick else 300)
-    finally:
-        for s in servers.values(): s.stop()
-    med = lambda rs, k: round(float(np.median([r[k] for r in rs])), 2)
-    results = [{'label': k, 'rps': med(v, 'rps'), 'p50_ms': med(v, 'p50_ms'), 'p99_ms': med(v, 'p99_ms'), 'errors': sum(r['errors'] for r in v),
-                'requests': sum(r['requests'] for r in v)} for k, v in got.items()]
-    results.append({'label': f"load: {load['requests']} entity requests at c64, batching on", **{k: load[k] for k in ('rps', 'p50_ms', 'p95_ms', 'p99_ms', 'errors', 'requests')}})
-    r = {x['label']: x for x in results}
-    ratios = {'batching_speedup_c32': round(r['entity c32, batching on']['rps'] / r['entity c32, batching off']['rps'], 2),
-              'batching_p99_c32_on_over_off': round(r['entity c32, batching on']['p99_ms'] / r['entity c32, batching off']['p99_ms'], 2),
-              'predict_over_noop_floor': round(r['vector c32, batching on']['rps'] / r['no-op c32']['rps'], 2),
-              'predict_over_noop_floor_without_log': round(r['vector c32, batching on, no prediction log']['rps'] / r['no-op c32']['rps'], 2),
-              'orjson_over_stdlib_json': round(r['vector c32, batching on']['rps'] / r['vector c32, batching on, stdlib json']['rps'], 2),
-              'load_c64_errors': load['errors']}
-    return results, ratios
+# %% ../nbs/08_serve.ipynb #ff9b1a47
+def _log_batch(ws:Workspace, frame, preds, pre, version:str) -> int:
+    from mlsys.monitor import PredictionLog
+    feats = frame[['amount', *pre.numeric, *pre.categorical]].to_dict('records')
+    return PredictionLog(ws.monitoring/'predictions').write(
+        {'request_id': str(t), 'ts': ts, 'score': float(s), 'decision': d, 'model_version': version, 'user_id': u,
+         'device_id': dev, 'features': f}
+        for t, ts, s, d, u, dev, f in zip(frame.transaction_id, frame.event_timestamp, preds.score, preds.decision,
+                                          frame.user_id, frame.device_id, feats))
+
+def _lake_day(ws:Workspace, day:str|None) -> str:
+    from mlsys.world import LakeError, partitions
+    days = partitions(ws.lake, 'transactions')
+    day = str(day or days[-1])
+    if day not in days:
+        raise LakeError(f'day {day!r} has no transactions in the lake; it holds {days[0]} to {days[-1]}')
+    return day
+
+# %% ../nbs/08_serve.ipynb #236c5149
+def batch_score(ws:Workspace, # workspace with a lake, `features/current` and a registry
+                day:str|None=None, # `YYYY-MM-DD` scored; default the newest day in the lake
+                model_name:str='fraud', # registered model
+                model_stage:str|int='production') -> dict: # a stage or a version number
+    "Score one lake day in bulk; write `predictions/<model>/<day>.parquet` and append it to the prediction log."
+    import io
+    import pandas as pd
+    from mlsys.config import atomic_write
+    from mlsys.evaluate import score
+    from mlsys.features import open_store
+    from mlsys.pit import fast_training_set, fraud_entities
+    from mlsys.registry import Registry
+    from mlsys.world import read_table
+    model, pre, row = Registry(ws.models).load(model_name, model_stage)
+    day = _lake_day(ws, day)
+    tx = read_table(ws.lake, 'transactions', [day])
+    frame = fast_training_set(open_store(ws.features/'current'), fraud_entities(tx))
+    t0 = time.perf_counter()
+    scores = score(model, pre, frame)
+    seconds = time.perf_counter() - t0
+    preds = pd.DataFrame({'transaction_id': frame.transaction_id, 'user_id': frame.user_id,
+                          'event_timestamp': frame.event_timestamp, 'score': scores,
+                          'decision': decide(scores, row['metrics']['thresholds']), 'model_name': model_name,
+                          'model_version': row['version'], 'scored_at': pd.Timestamp.now(tz='UTC')})
+    buf = io.BytesIO()
+    preds.to_parquet(buf, index=False)
+    path = atomic_write(ws.predictions/model_name/f'{day}.parquet', buf.getvalue())
+    logged = _log_batch(ws, frame, preds, pre, f"{model_name}:{row['version']}")
+    return {'day': day, 'predictions': preds, 'path': path, 'logged': logged, 'version': row['version'],
+            'seconds': seconds}

@@ -4,7 +4,9 @@
 
 # %% ../nbs/04_train.ipynb #f2194508
 from __future__ import annotations
-import json, zlib
+import json, logging, shutil, time, zlib
+from collections.abc import Collection, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,14 +18,15 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning as L
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
-from .config import atomic_write
+from .config import Workspace, atomic_write, frame_hash, get_logger, stable_hash, write_json
 
 # %% auto #0
-__all__ = ['HOLDOUT_SHARES', 'CATEGORICAL', 'TrainingDataError', 'labelled_set', 'time_split', 'holdout_panel', 'user_split',
-           'Preprocessor', 'EpochShuffle', 'EpochBatches', 'FraudDataModule', 'TabularClassifier', 'EpochSeed',
-           'make_trainer', 'wandb_logger', 'log_checkpoint', 'CheckpointError', 'check_checkpoint',
-           'check_checkpoint_state', 'fit', 'save_model', 'load_model', 'numeric_features', 'training_set',
-           'bench_train']
+__all__ = ['HOLDOUT_SHARES', 'CATEGORICAL', 'EVAL_BATCH', 'RECIPE', 'BEST_PARAMS', 'TrainingDataError', 'labelled_set',
+           'time_split', 'holdout_panel', 'user_split', 'Preprocessor', 'EpochShuffle', 'EpochBatches',
+           'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint',
+           'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'numeric_features', 'training_set',
+           'RecipeError', 'recipe_params', 'Trained', 'quiet_lightning', 'train_model', 'load_best_params',
+           'job_params', 'gbt_baseline', 'train_job', 'train_lineage', 'bench_train']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -115,6 +118,7 @@ class EpochBatches(torch.utils.data.BatchSampler):
 
 # %% ../nbs/04_train.ipynb #1543fed6
 CATEGORICAL = ['country', 'local_hour']
+EVAL_BATCH = 8192   # rows per validation and test batch: the metrics cover the whole window, whatever the batch
 
 class FraudDataModule(L.LightningDataModule):
     "Tensors of a labelled training set split by time or by user panel, with a `Preprocessor` fitted on the training part."
@@ -130,8 +134,9 @@ class FraudDataModule(L.LightningDataModule):
         p = float(self.train_df.is_fraud.mean()); self.pos_weight = (1 - p) / p
 
     def _loader(self, k, shuffle=False):
-        n = len(self.tensors[k]); order = EpochShuffle(n) if shuffle else range(n)
-        return DataLoader(self.tensors[k], sampler=EpochBatches(order, self.batch_size, drop_last=False), batch_size=None,
+        n, size = len(self.tensors[k]), self.batch_size if shuffle else max(self.batch_size, EVAL_BATCH)
+        order = EpochShuffle(n) if shuffle else range(n)
+        return DataLoader(self.tensors[k], sampler=EpochBatches(order, size, drop_last=False), batch_size=None,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0))
     def train_dataloader(self): return self._loader('train', shuffle=True)
     def val_dataloader(self): return self._loader('val')
@@ -246,27 +251,9 @@ def fit(trainer:L.Trainer, model:L.LightningModule, dm:L.LightningDataModule, re
     trainer.fit(model, dm, ckpt_path=last); return last
 
 # %% ../nbs/04_train.ipynb #d3aba76c
-def save_model(out:str|Path, model:TabularClassifier, pre:Preprocessor, **meta) -> Path:
-    "Write `weights.safetensors`, `preprocessor.json` and `model.json` (hyper-parameters, inputs, `meta`) to folder `out`."
-    from safetensors.torch import save
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out/'weights.safetensors', save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
-    pre.save(out/'preprocessor.json')
-    hp = {k: list(v) if isinstance(v, tuple) else v for k, v in model.hparams.items()}
-    atomic_write(out/'model.json', json.dumps({'class': 'TabularClassifier', 'hparams': hp, 'numeric': pre.numeric, 'categorical': pre.categorical, **meta}, indent=1, default=str))
-    return out
+from .model_files import load_model, model_class, quantize, save_model   # the folder format lives in `04a_model_files`
 
-def load_model(out:str|Path) -> tuple[TabularClassifier, Preprocessor]:
-    "The model (in eval mode) and preprocessor saved by `save_model` in folder `out`."
-    out = Path(out); spec = json.loads((out/'model.json').read_text())
-    model = TabularClassifier(**{**spec['hparams'], 'hidden': tuple(spec['hparams']['hidden'])})
-    from safetensors.torch import load
-    sd = load((out/'weights.safetensors').read_bytes()); check_checkpoint_state(sd, model, out/'weights.safetensors')
-    model.load_state_dict(sd); model.eval()
-    if spec.get('quantize'):   # a serving variant (`08_serve`): the recipe is applied to the stored FP32 weights at load
-        from mlsys.serve import quantize
-        model = quantize(model, spec['quantize'])
-    return model, Preprocessor.load(out/'preprocessor.json')
+model_class(TabularClassifier); model_class(Preprocessor)   # `load_model` rebuilds both by the names in `model.json`
 
 # %% ../nbs/04_train.ipynb #d43b3d3f
 def numeric_features() -> list[str]:
@@ -285,6 +272,166 @@ def training_set(ws) -> pd.DataFrame:
     man = read_manifest(ws.lake)
     pit = fast_training_set(open_store(ws.features/'current'), fraud_entities(read_table(ws.lake, 'transactions')))
     return labelled_set(pit, read_table(ws.lake, 'labels'), pd.Timestamp(man['as_of']))
+
+# %% ../nbs/04_train.ipynb #ea54dcd6
+RECIPE = {'lr': 3e-3, 'hidden': [64, 32], 'dropout': 0.1, 'weight_decay': 1e-5, 'batch_size': 1024}   # the defaults
+
+class RecipeError(ValueError):
+    "Recipe parameters that cannot train a model; the message names the key, the value and the rule."
+
+def recipe_params(params:Mapping|None=None) -> dict:
+    "`RECIPE` updated with `params`, checked: an unknown key or a bad value raises `RecipeError`."
+    p = {**RECIPE, **(params or {})}
+    if unknown := sorted(set(p) - set(RECIPE)):
+        raise RecipeError(f'recipe parameter(s) {unknown} unknown; the recipe takes {list(RECIPE)}')
+    h, b = p['hidden'], p['batch_size']
+    if not (isinstance(h, (list, tuple)) and h and all(isinstance(w, int) and w > 0 for w in h)):
+        raise RecipeError(f'hidden={h!r}: must be a list of positive layer widths, like [64, 32]')
+    if not (isinstance(b, int) and b > 0): raise RecipeError(f'batch_size={b!r}: must be a whole number of at least 1')
+    return {**p, 'hidden': list(h)}
+
+@dataclass
+class Trained:
+    "What `train_model` returns: the model, its trainer and data, the recipe used, the checkpoint it resumed from."
+    model: TabularClassifier
+    trainer: L.Trainer
+    dm: FraudDataModule
+    params: dict
+    resumed: Path|None = None
+    seconds: float = 0.0
+
+@contextmanager
+def quiet_lightning(level:int=logging.ERROR): # messages below it are dropped
+    "Silence Lightning's per-fit messages (loops that call fit many times: retraining, tuning); levels restored after."
+    names = ('lightning.pytorch', 'lightning.fabric', 'lightning.pytorch.utilities.rank_zero')
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names: logging.getLogger(n).setLevel(level)
+    try: yield
+    finally:
+        for n, lvl in old.items(): logging.getLogger(n).setLevel(lvl)
+
+def train_model(dm:FraudDataModule, # the windows, preprocessor and tensors to train on
+                params:Mapping|None=None, # `RECIPE` keys; the missing ones take the defaults
+                epochs:int=10, # most epochs: early stopping may end sooner; 0 leaves the model untrained
+                patience:int=3, # epochs without a better validation AUPRC before stopping (0: never early)
+                seed:int=0, # seeds the initial weights, dropout and the order of the batches
+                **trainer_kw) -> Trained: # `make_trainer` keywords: precision, ckpt_dir, logger, callbacks...
+    "Train a `TabularClassifier` with recipe `params` on `dm`, resuming from `ckpt_dir`'s `last.ckpt` if there is one."
+    p = recipe_params(params); dm.batch_size = p['batch_size']
+    trainer = make_trainer(max_epochs=epochs, patience=patience, seed=seed, **trainer_kw)   # seeds: model after
+    hp = {k: tuple(v) if k == 'hidden' else v for k, v in p.items() if k != 'batch_size'}
+    model = TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight, **hp)
+    t0 = time.perf_counter(); resumed = fit(trainer, model, dm)
+    return Trained(model, trainer, dm, p, resumed, time.perf_counter() - t0)
+
+# %% ../nbs/04_train.ipynb #a1f72dec
+BEST_PARAMS = 'best_params.json'   # in `tracking/`: written by the tune job (`05_tune`), read here
+_BEST_KEYS = ('study', 'storage', 'value', 'n_trials', 'model', 'batch_size')
+_MODEL_KEYS = ('lr', 'weight_decay', 'dropout', 'hidden')
+
+def load_best_params(ws:Workspace|str|Path) -> dict|None:
+    "The tuned parameters of workspace `ws`, or None when no tune job has written them."
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    path = ws.tracking/BEST_PARAMS
+    if not path.exists(): return None
+    d = json.loads(path.read_text())
+    missing = [k for k in _BEST_KEYS if k not in d] + [f'model.{k}' for k in _MODEL_KEYS if k not in d.get('model', {})]
+    if missing: raise ValueError(f'{path} lacks {missing}: rerun the tune job')
+    return d
+
+def job_params(ws, params:Mapping|None=None, tuned:bool=True) -> tuple[dict, str]:
+    "A train job's recipe and its source: `params`, or the tune job's best ones in `ws` when `tuned` and it wrote some."
+    best = load_best_params(ws) if tuned else None
+    if not best: return recipe_params(params), 'job parameters'
+    get_logger('mlsys.train').info('using tuned parameters (study %s, value %.4f)', best['study'], best['value'])
+    tuned_params = {**(params or {}), **best['model'], 'batch_size': int(best['batch_size'])}
+    return recipe_params(tuned_params), f"tune study {best['study']}"
+
+def gbt_baseline(dm:FraudDataModule, seed:int=0) -> dict:
+    "Gradient-boosted trees fitted on `dm`'s training window: test AUPRC and AUROC, and the fit's seconds."
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    X = lambda d: d[dm.pre.numeric + ['local_hour']]
+    t0 = time.perf_counter(); gbt = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
+    gbt.fit(X(dm.train_df), dm.train_df.is_fraud); secs = time.perf_counter() - t0
+    p = gbt.predict_proba(X(dm.test_df))[:, 1]
+    return {'test_auprc': float(average_precision_score(dm.test_df.is_fraud, p)),
+            'test_auroc': float(roc_auc_score(dm.test_df.is_fraud, p)), 'seconds': round(secs, 3)}
+
+# %% ../nbs/04_train.ipynb #3d3bd9c5
+def _windows(dm:FraudDataModule) -> dict:
+    span = lambda d: [str(d.event_timestamp.min()), str(d.event_timestamp.max())]
+    return {'train_window': span(dm.train_df), 'test_window': span(dm.test_df)}
+
+def _finish_wandb(trainer:L.Trainer, test:dict, config:dict) -> str:
+    "Log the configuration, best checkpoint and test metrics to the trainer's W&B run and close it; its `project/id`."
+    trainer.logger.log_hyperparams(config); log_checkpoint(trainer); exp = trainer.logger.experiment
+    exp.summary.update({k: float(v) for k, v in test.items()}); exp.finish()
+    return f'{exp.project}/{exp.id}'
+
+def train_job(ws, # workspace (a `Workspace` or its folder)
+              out:str|Path, # the stage's folder: `model/`, `metrics.json` and `best.ckpt` go there
+              params:Mapping|None=None, tuned:bool=True, # the recipe, and whether the tune job's best one replaces it
+              epochs:int=10, patience:int=3, seed:int=42, val_days:float=7, test_days:float=7,
+              accumulate:int=1, precision:str|None=None, # see `make_trainer`
+              wandb:bool=True, # log to W&B (offline unless an API key is set)
+              baseline:bool=True, # fit `gbt_baseline` on the same windows
+              data:pd.DataFrame|None=None, # the labelled training set; default `training_set(ws)`
+              **trainer_kw) -> tuple[Trained, dict]: # the trained model; `stage_output`'s keywords
+    "The train stage: the recipe trained on the workspace's training set, tested, saved as files, a baseline beside it."
+    ws, out, log = ws if isinstance(ws, Workspace) else Workspace(ws), Path(out), get_logger('mlsys.train')
+    (p, source), data = job_params(ws, params, tuned), training_set(ws) if data is None else data
+    dm = FraudDataModule(data, numeric_features(), batch_size=p['batch_size'], val_days=val_days, test_days=test_days)
+    config, data_hash = {**p, 'epochs': epochs, 'patience': patience, 'seed': seed, 'accumulate': accumulate,
+                         'precision': precision, 'val_days': val_days, 'test_days': test_days}, frame_hash(data)
+    ckpt_dir = ws.tracking/'checkpoints'/stable_hash({'data': data_hash, 'config': config})
+    log.info('%d labelled rows: train %d, validation %d, test %d', len(data), *map(len, (dm.train_df, dm.val_df,
+             dm.test_df)))
+    t = train_model(dm, p, epochs, patience, seed, ckpt_dir=ckpt_dir, accumulate=accumulate, precision=precision,
+                    logger='wandb' if wandb else False, tracking_dir=ws.tracking, group='train', **trainer_kw)
+    best = t.trainer.checkpoint_callback.best_model_path   # empty with epochs=0: the untrained model is saved
+    test = t.trainer.test(t.model, dm, ckpt_path='best' if best else None, verbose=False)[0]   # restores the best
+    run = _finish_wandb(t.trainer, test, {**config, 'data_hash': data_hash, 'rows': len(data)}) if wandb else None
+    model_dir = save_model(out/'model', t.model, dm.pre, data_hash=data_hash, config=config, wandb_run=run,
+                           **_windows(dm))
+    if best: shutil.copy2(best, out/'best.ckpt')
+    shutil.rmtree(ckpt_dir, ignore_errors=True)   # finished: a rerun with the same inputs trains afresh
+    metrics = {'test_auprc': float(test['test_auprc']), 'test_auroc': float(test['test_auroc']),
+               'epochs': t.trainer.current_epoch, 'seconds': round(t.seconds, 2), 'resumed': bool(t.resumed),
+               'train_rows': len(dm.train_df), 'params': p}
+    log.info('%s: test AUPRC %.4f after %d epochs', f'resumed from {t.resumed}' if t.resumed else 'trained',
+             test['test_auprc'], metrics['epochs'])
+    if baseline: metrics['baseline_gbt'] = gbt_baseline(dm, seed)
+    write_json(out/'metrics.json', metrics)
+    arts = {'model': model_dir, 'metrics': out/'metrics.json'} | ({'checkpoint': out/'best.ckpt'} if best else {})
+    stage_metrics = {k: v for k, v in metrics.items() if k != 'params'} | {'wandb_run': run, 'recipe_source': source}
+    return t, {'artifacts': arts, 'metrics': stage_metrics,
+               'data_hashes': {'training_set': data_hash}}
+
+# %% ../nbs/04_train.ipynb #a63f1d44
+_WORLD_KEYS = ('seed', 'scale', 'n_days', 'fraud_rate', 'label_delay_days', 'shift_day', 'drift_day', 'fault',
+               'fault_day')
+
+def train_lineage(ws, run_dir:str|Path, # workspace, and the run whose train stage saved the model
+                  rebuild_keys:Collection[str]) -> dict: # parameters `mlsys run --to train` accepts (`pipeline.stage_parameters`)
+    "The lineage of the model that the train stage of run `run_dir` saved, in workspace `ws`."
+    from mlsys.config import model_lineage
+    from mlsys.features import FRAUD_VIEWS
+    from mlsys.model_files import read_spec
+    from mlsys.world import read_manifest
+    ws, run = ws if isinstance(ws, Workspace) else Workspace(ws), Path(run_dir)
+    record, train = (json.loads((run/f).read_text()) for f in ('run.json', 'stages/train.json'))
+    spec, man = read_spec(train['artifacts']['model']), read_manifest(ws.lake)
+    world = {k: v for k, v in man['config'].items() if k in _WORLD_KEYS}
+    given = {**world, **record['lineage']['config']['params'], **spec['config'], 'tuned': False}   # later ones win
+    rebuild = {k: v for k, v in given.items() if v is not None and k in rebuild_keys}
+    hashes = {**{f'lake_{k}': v['hash'] for k, v in man['tables'].items()}, **train['data_hashes']}
+    recipe = {k: spec['config'][k] for k in RECIPE}
+    return model_lineage(record['lineage'], recipe, train['metrics'].get('recipe_source', ''),
+                         rebuild_params=rebuild, data_hashes=hashes, run_id=record['run_id'],
+                         feature_build=(ws.features/'current').resolve().name,
+                         feature_views=[*FRAUD_VIEWS, 'transaction_context'],
+                         train_config=spec.get('config'), wandb_run=train['metrics'].get('wandb_run'))
 
 # %% ../nbs/04_train.ipynb #7bc20776
 def _raw_epochs(model, loader, epochs, device, bf16):
@@ -312,8 +459,7 @@ class _EpochTimer(L.Callback):
 
 def bench_train(quick:bool=False, device:str='cpu'):
     "Lightning against a plain loop on the same model and tensors; gradient boosting on the same window."
-    import statistics, tempfile, time
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    import statistics, tempfile
     from mlsys.features import build_repo, feature_tables, open_store
     from mlsys.pit import fast_training_set, fraud_entities
     from mlsys.world import read_manifest, read_table, simulate, write_lake
@@ -323,23 +469,24 @@ def bench_train(quick:bool=False, device:str='cpu'):
                         pd.Timestamp(read_manifest(lake)['as_of']))
     numeric, cuda = numeric_features(), device.startswith('cuda')
     dm = FraudDataModule(data, numeric, batch_size=4096 if cuda else 1024); n = len(dm.tensors['train']); epochs, rounds = (3, 1) if quick else (4, 3)
-    new_model = lambda: TabularClassifier(len(numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)
     devices = ['cpu', device] if cuda else ['cpu']; results, per = [], {}
     for dev in devices:
         times = {'lightning': [], 'plain pytorch': []}
         for _ in range(rounds):   # interleaved, so that both paths see the same machine state; each round's first epoch is a warm-up
             timer = _EpochTimer()
-            tr = make_trainer(max_epochs=epochs, accelerator='gpu' if dev.startswith('cuda') else 'cpu', devices=1, patience=0, callbacks=[timer],
-                              precision='bf16-mixed' if dev.startswith('cuda') else '32-true', limit_val_batches=0, num_sanity_val_steps=0)
-            tr.fit(new_model(), dm); times['lightning'] += timer.times[1:]
+            gpu = dev.startswith('cuda')
+            train_model(dm, {'batch_size': dm.batch_size}, epochs, patience=0, callbacks=[timer], devices=1,
+                        accelerator='gpu' if gpu else 'cpu', precision='bf16-mixed' if gpu else '32-true',
+                        limit_val_batches=0, num_sanity_val_steps=0)
+            times['lightning'] += timer.times[1:]
             L.seed_everything(0, verbose=False)
-            times['plain pytorch'] += _raw_epochs(new_model(), dm.train_dataloader(), epochs, dev, dev.startswith('cuda'))[1:]
+            raw = TabularClassifier(len(numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)   # recipe defaults
+            times['plain pytorch'] += _raw_epochs(raw, dm.train_dataloader(), epochs, dev, gpu)[1:]
         for path, ts in times.items():
             med = statistics.median(ts); per[(dev, path)] = med
             results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4), 'samples_per_s': round(n / med), 'epochs_timed': len(ts), 'train_rows': n})
-    X = lambda d: d[numeric + ['local_hour']]
-    t0 = time.perf_counter(); HistGradientBoostingClassifier(max_iter=200, random_state=0).fit(X(dm.train_df), dm.train_df.is_fraud); gbt = time.perf_counter() - t0
-    results.append({'label': 'gradient boosting fit (cpu)', 'train_rows': n, 'fit_s': round(gbt, 3)})
+    gbt = gbt_baseline(dm)['seconds']
+    results.append({'label': 'gradient boosting fit (cpu)', 'train_rows': n, 'fit_s': gbt})
     ratios = {'lightning_over_raw_epoch_time': round(per[('cpu', 'lightning')] / per[('cpu', 'plain pytorch')], 3),
               'mlp_12_epochs_over_gbt_fit_time': round(12 * per[('cpu', 'lightning')] / gbt, 2)}
     if cuda: ratios |= {'cuda_lightning_over_raw_epoch_time': round(per[(device, 'lightning')] / per[(device, 'plain pytorch')], 3),

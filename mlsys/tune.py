@@ -18,12 +18,13 @@ from optuna.storages import RDBStorage
 from optuna.trial import FixedTrial, TrialState
 
 from .config import Workspace, progress, write_json
-from .train import CATEGORICAL, FraudDataModule, TabularClassifier, make_trainer
+from .train import (BEST_PARAMS, CATEGORICAL, FraudDataModule, TabularClassifier, load_best_params, quiet_lightning,
+                         train_model, wandb_logger)
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'PRUNERS', 'WIDTHS', 'BATCH_SIZES', 'BEST_PARAMS', 'make_sampler', 'make_pruner', 'suggest',
-           'EpochHistory', 'Objective', 'storage_url', 'open_storage', 'safe_url', 'open_study', 'tune', 'summary',
-           'plot_study', 'best_params', 'save_best_params', 'load_best_params']
+__all__ = ['SAMPLERS', 'PRUNERS', 'WIDTHS', 'BATCH_SIZES', 'make_sampler', 'make_pruner', 'suggest', 'EpochHistory', 'Objective',
+           'storage_url', 'open_storage', 'safe_url', 'open_study', 'tune', 'summary', 'plot_study', 'best_params',
+           'save_best_params']
 
 # %% ../nbs/05_tune.ipynb #4ef503e5
 SAMPLERS, PRUNERS = ('tpe', 'random'), ('median', 'hyperband', 'none')
@@ -75,18 +76,15 @@ class Objective:
 
     def __call__(self, trial:optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
-        p = suggest(trial); self.dm.batch_size = p['batch_size']; hist = EpochHistory(self.monitor)
-        tr = make_trainer(max_epochs=self.max_epochs, patience=0, seed=self.seed, num_sanity_val_steps=0,
-                          callbacks=[hist, PyTorchLightningPruningCallback(trial, self.monitor)],
-                          logger='wandb' if self.wandb else False, tracking_dir=self.tracking_dir, group=self.group)
-        model = TabularClassifier(len(self.dm.pre.numeric), self.dm.pre.cardinalities, pos_weight=self.dm.pos_weight,
-                                  **{**p['model'], 'hidden': tuple(p['model']['hidden'])})
-        trial.set_user_attr('pid', os.getpid())
-        if self.wandb: self._name_run(tr.logger.experiment, trial, p)
-        try: tr.fit(model, self.dm)
+        p = suggest(trial); hist = EpochHistory(self.monitor); trial.set_user_attr('pid', os.getpid())
+        logger = wandb_logger(self.tracking_dir or 'workspace/tracking', group=self.group) if self.wandb else False
+        if self.wandb: self._name_run(logger.experiment, trial, p)
+        prune = PyTorchLightningPruningCallback(trial, self.monitor)
+        try: train_model(self.dm, {**p['model'], 'batch_size': p['batch_size']}, self.max_epochs, patience=0,
+                         seed=self.seed, num_sanity_val_steps=0, callbacks=[hist, prune], logger=logger)
         finally:
             trial.set_user_attr('epochs', len(hist.values))
-            if self.wandb: tr.logger.experiment.finish()
+            if self.wandb: logger.experiment.finish()
         return max(hist.values)
 
     def _name_run(self, run, trial, p):
@@ -138,18 +136,16 @@ def _finished(study:optuna.Study) -> int:
 @contextmanager
 def _quiet(threads:int|None):
     "Set torch's intra-op threads and silence Lightning's and Optuna's per-trial messages; restore both afterwards."
-    names = ('lightning.pytorch', 'lightning.fabric'); levels = [logging.getLogger(n).level for n in names]
     n0, v0 = torch.get_num_threads(), optuna.logging.get_verbosity()
-    for n in names: logging.getLogger(n).setLevel(logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if threads: torch.set_num_threads(threads)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), quiet_lightning(logging.WARNING):
             warnings.filterwarnings('ignore', message='.*(does not have many workers|smaller than the logging interval|isinstance\\(treespec).*')
             warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning); yield
     finally:
-        for n, lv in zip(names, levels): logging.getLogger(n).setLevel(lv)
-        optuna.logging.set_verbosity(v0); torch.set_num_threads(n0)
+        optuna.logging.set_verbosity(v0)
+        torch.set_num_threads(n0)
 
 def _optimize(st, dm, n, max_epochs, seed, wandb, tracking_dir, threads, show_progress):
     obj = Objective(dm, max_epochs, seed, wandb, tracking_dir, group=st.study_name)
@@ -229,9 +225,6 @@ def plot_study(study:optuna.Study, folder:str|Path) -> dict[str, Path]:
     return out
 
 # %% ../nbs/05_tune.ipynb #c31a02b7
-BEST_PARAMS = 'best_params.json'
-_BEST_KEYS, _MODEL_KEYS = ('study', 'storage', 'value', 'n_trials', 'model', 'batch_size'), ('lr', 'weight_decay', 'dropout', 'hidden')
-
 def best_params(study:optuna.Study) -> dict:
     "The best trial of `study` as `{study, storage, value, n_trials, model: TabularClassifier kwargs, batch_size}`."
     s = summary(study)
@@ -244,13 +237,3 @@ def save_best_params(study:optuna.Study, ws:Workspace|str|Path) -> Path:
     "Write `best_params(study)` to the workspace's `tracking/best_params.json`, atomically."
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     return write_json(ws.tracking/BEST_PARAMS, best_params(study))
-
-def load_best_params(ws:Workspace|str|Path) -> dict|None:
-    "The tuned parameters of workspace `ws`, or None when no tune job has written them."
-    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
-    path = ws.tracking/BEST_PARAMS
-    if not path.exists(): return None
-    d = json.loads(path.read_text())
-    missing = [k for k in _BEST_KEYS if k not in d] + [f'model.{k}' for k in _MODEL_KEYS if k not in d.get('model', {})]
-    if missing: raise ValueError(f'{path} lacks {missing}: rerun the tune job')
-    return d

@@ -18,7 +18,8 @@ from .config import frame_hash, progress, validated, write_json
 # %% auto #0
 __all__ = ['FAULTS', 'SCALES', 'world_config', 'COUNTRIES', 'CATEGORIES', 'DEVICES', 'CHANNELS', 'AGE_BUCKETS', 'GENRES',
            'PATTERNS', 'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'World', 'simulate', 'LakeError', 'write_lake',
-           'read_manifest', 'partitions', 'read_table', 'serving_requests', 'load_movielens', 'load_creditcard']
+           'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest', 'serving_requests', 'load_movielens',
+           'load_creditcard']
 
 # %% ../nbs/01_world.ipynb #6ccb204a
 FAULTS = ('null_spike', 'schema_change', 'out_of_range', 'duplicate_keys', 'stale_partition', 'timezone_bug')
@@ -394,6 +395,35 @@ def read_table(lake:str|Path, table:str, days:list[str]|None=None) -> pd.DataFra
     except (OSError, ValueError) as e: raise LakeError(f'lake {lake}: table {table!r} is unreadable: {e}') from None
     if not parts: raise LakeError(f'lake {lake}: table {table!r} has no data for days {days}')
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+# %% ../nbs/01_world.ipynb #12a47944
+from .config import get_logger, seed_everything
+
+def ingest_config(seed:int=42, scale:str='small', # the world's seed and scale
+                  n_days:int|None=None, # days landed in the lake (default from `scale`)
+                  simulate_days:int=0, # days simulated beyond them and held back for the closed loop
+                  shift_day:int|None=None, drift_day:int|None=None, # default in the held-back days when there are some
+                  fault:str|None=None, fault_day:int|None=None, # a fault lands in the lake: its last 3 days by default
+                  **knobs) -> tuple[WorldConfig, int]: # further `WorldConfig` fields (`fraud_rate`, `label_delay_days`)
+    "The ingest stage's world, with the closed loop's default shift and drift days; and the number of days landed."
+    landed = world_config(seed=seed, scale=scale, n_days=n_days).days
+    if simulate_days:   # the loop's future: clean days, a covariate shift half-way, a new fraud pattern after it
+        shift_day = landed + simulate_days // 2 if shift_day is None else shift_day
+        drift_day = shift_day + max(1, simulate_days // 6) if drift_day is None else drift_day
+        fault_day = landed - 3 if fault and fault_day is None else fault_day
+    cfg = world_config(seed=seed, scale=scale, n_days=landed + simulate_days, shift_day=shift_day, drift_day=drift_day,
+                       fault=fault, fault_day=fault_day, **knobs)
+    return cfg, landed
+
+# %% ../nbs/01_world.ipynb #959ca3e7
+def ingest(lake:str|Path, # the lake folder
+           **kw) -> dict: # `ingest_config`'s arguments
+    "Draw the stage's world (seeded) and land it in `lake`, holding back the simulated future; returns the manifest."
+    cfg, landed = ingest_config(**kw)
+    seed_everything(cfg.seed)
+    w = simulate(cfg)
+    get_logger('mlsys.ingest').info('simulated %s', w)
+    return write_lake(w, lake, until_day=landed if kw.get('simulate_days') else None)
 
 # %% ../nbs/01_world.ipynb #5b07840f
 REQUEST_FIELDS = ['transaction_id', 'user_id', 'merchant_id', 'device_id', 'ip', 'channel', 'amount', 'ts']

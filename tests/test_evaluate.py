@@ -8,7 +8,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mlsys.evaluate import (Costs, GateFailed, GateResult, _draw_counts, _slots, _weighted_auc_ap, add_slices, bootstrap_ci,
                             check_gates, choose_thresholds, classification_metrics, expected_calibration_error, expected_cost,
-                            gate_min_quality, gate_no_regression, gate_slice_gap, mean_average_precision, mrr, ndcg_at_k,
+                            gate_min_quality, gate_no_regression, gate_no_regression_paired, gate_slice_gap,
+                            _paired_ap_draws, mean_average_precision, mrr, ndcg_at_k,
                             recall_at_k, reliability_diagram, slice_report, worst_gap)
 
 
@@ -182,6 +183,20 @@ def test_gate_results_and_failure_message():
     with pytest.raises(GateFailed) as e: check_gates([ok, q, gate_no_regression(0.3, 0.7)])
     assert isinstance(e.value, ValueError) and len(e.value.results) == 3
     assert str(e.value).startswith('2 of 3 model gates failed: min quality (value 0.3, threshold 0.5') and 'no regression (value 0.3, threshold 0.68' in str(e.value)
+
+
+def test_paired_regression_gate():
+    "The paired draws are AUPRC differences on explicit resamples; identical models tie; a window's width sets the margin."
+    rng = np.random.default_rng(0); y = np.r_[np.ones(40), np.zeros(960)]; a, b = y + rng.normal(size=1000), y + rng.normal(size=1000)
+    assert np.allclose(_paired_ap_draws(y, a, a, 30, 0), 0)
+    d = _paired_ap_draws(y, a, b, 400, 0)
+    assert abs(np.median(d) - (average_precision_score(y, a) - average_precision_score(y, b))) < 0.05
+    same = gate_no_regression_paired(y, a, a, tolerance=0.0)
+    assert same.passed and same.detail.startswith('no worse: candidate - production AUPRC +0.000')
+    thin = np.r_[np.ones(3), np.zeros(997)]   # three positives: a window that cannot tell two models apart
+    g = gate_no_regression_paired(thin, thin * 2.5 + rng.normal(size=1000), thin * 3 + rng.normal(size=1000), tolerance=0.05)
+    assert not g.passed and g.threshold > g.value and 'on 1,000 rows with 3 positives' in g.detail
+    with pytest.raises(ValueError, match='same length'): gate_no_regression_paired(y, a, b[:10])
 
 
 def test_score_and_latency_leave_no_side_effects():

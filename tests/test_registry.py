@@ -5,7 +5,6 @@ import pytest
 from conftest import SMALL_GATES, SMALL_TRAIN, mlsys, run_record
 from mlsys.registry import Registry
 
-pytestmark = pytest.mark.xdist_group('production')   # with test_serve: `production_ws` is built once per worker
 
 FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'batch_predict']
 
@@ -20,7 +19,7 @@ def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     assert [*reg.history('fraud').to_stage] == ['none', 'staging', 'production']
     files = {p.name for p in prod['path'].iterdir()}
     assert files >= {'weights.safetensors', 'preprocessor.json', 'model.json', 'schema.json', 'metrics.json', 'gates.json', 'lineage.json', 'MODEL_CARD.md', 'checksums.json'}
-    lineage = json.loads((prod['path']/'lineage.json').read_text())
+    lineage = reg.lineage('fraud', 1)
     assert lineage['run_id'] == rec['run_id'] and lineage['wandb_run'].startswith('mlsys/') and 'user_velocity' in lineage['feature_views']
     assert {'lake_transactions', 'training_set'} <= set(lineage['data_hashes'])
 
