@@ -557,7 +557,8 @@ def production_reference(ws, # workspace (a `Workspace`)
     return ref, float(flag[tst.is_fraud.to_numpy(bool)].mean()), row
 
 # %% ../nbs/10_monitor.ipynb #1f914582
-def _scrape(metrics_url:str|None) -> dict|None:
+def _server_metrics(metrics_url:str|None) -> dict|None:
+    "`system_metrics` of a running server's `/metrics`, or None without a URL."
     if not metrics_url: return None
     import urllib.request
     with urllib.request.urlopen(metrics_url, timeout=10) as r: return system_metrics(r.read().decode())
@@ -595,7 +596,7 @@ def daily_check(ws, # workspace (a `Workspace`)
     as_of = labels.available_at.max()   # what the lake knows now
     known = labels.assign(transaction_id=labels.transaction_id.astype(str))
     perf = concept_drift(performance_by_day(hist, known, as_of), reference_recall)
-    report = daily_report(out_dir, day, drift, prediction, perf, _scrape(metrics_url))
+    report = daily_report(out_dir, day, drift, prediction, perf, _server_metrics(metrics_url))
     signals = _signals(day, drift, prediction, perf, reference_recall, row)
     path = write_json(ws.monitoring/'signals'/f'{day}.json', signals)
     return {'day': day, 'rows': len(window), 'drift': drift, 'prediction': prediction, 'performance': perf,

@@ -600,10 +600,13 @@ async def fallback(self:FraudPredictor, items:list, error:Exception) -> list[dic
 class _TooLarge(Exception): pass
 
 async def _read_body(request, limit:int) -> bytes:
-    "The request body, refused (without reading on) past `limit` bytes."
+    "The request body; `_TooLarge` past `limit` bytes (a body declared larger is dropped unread, up to 8x drained)."
     n = request.headers.get('content-length')
     if n is not None and n.isdigit():
-        if int(n) > limit: raise _TooLarge(int(n))
+        if int(n) > limit:   # drained and dropped, as nginx's lingering close does, before the 413:
+            if int(n) <= 8 * limit:   # a client that sends all before reading (urllib) then gets the 413, not a reset
+                async for _ in request.stream(): pass
+            raise _TooLarge(int(n))
         return await request.body()   # the server stops at Content-Length: the declared size is the size read
     chunks, size = [], 0   # chunked: count as it arrives
     async for c in request.stream():
