@@ -51,8 +51,12 @@ def test_killed_study_resumes(tmp_path, frame):
     done = lambda: summary(optuna.load_study(study_name='resume', storage=url))['n_trials']
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:   # kill it once two trials are finished and a third is running
-        st = optuna.load_study(study_name='resume', storage=url)
-        if done() >= 2 and any(t.state == TrialState.RUNNING for t in st.get_trials(deepcopy=False)): break
+        if done() >= 2:
+            p.send_signal(signal.SIGSTOP)   # freeze it, so the trial seen running is still running when the kill lands
+            try: running = any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name='resume', storage=url).get_trials(deepcopy=False))
+            except Exception: running = False   # frozen inside a write: the file is locked; let it go on and look again
+            if running: break
+            p.send_signal(signal.SIGCONT)
         time.sleep(0.05)
     assert p.poll() is None, f'the worker ended before it could be killed: {p.stderr.read()[-2000:]}'
     p.send_signal(signal.SIGKILL); p.wait()
