@@ -14,10 +14,11 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 # %% auto #0
-__all__ = ['classification_metrics', 'bootstrap_ci', 'expected_calibration_error', 'reliability_diagram', 'recall_at_k',
-           'ndcg_at_k', 'mrr', 'mean_average_precision', 'add_slices', 'slice_report', 'worst_gap', 'plot_slices',
-           'Costs', 'expected_cost', 'choose_thresholds', 'GateResult', 'GateFailed', 'check_gates', 'gate_min_quality',
-           'gate_no_regression', 'gate_slice_gap', 'score', 'gate_latency', 'run_gates', 'gate_no_regression_paired']
+__all__ = ['MIN_POSITIVES', 'classification_metrics', 'bootstrap_ci', 'expected_calibration_error', 'reliability_diagram',
+           'recall_at_k', 'ndcg_at_k', 'mrr', 'mean_average_precision', 'add_slices', 'slice_report', 'worst_gap',
+           'plot_slices', 'Costs', 'expected_cost', 'choose_thresholds', 'GateResult', 'GateFailed', 'check_gates',
+           'gate_min_quality', 'gate_no_regression', 'gate_slice_gap', 'score', 'gate_latency', 'run_gates',
+           'gate_no_regression_paired']
 
 # %% ../nbs/06_evaluate.ipynb #53b0c651
 def _binary(y, p, need_both:bool=True) -> tuple[np.ndarray, np.ndarray]:
@@ -319,21 +320,35 @@ def check_gates(results:list[GateResult]) -> list[GateResult]:
     return results
 
 # %% ../nbs/06_evaluate.ipynb #e0d5d286
-def gate_min_quality(metrics:dict, min_auprc:float=0.5) -> GateResult:
-    "Pass when the hold-out AUPRC in `metrics` (from `classification_metrics`) is at least `min_auprc`."
-    v = float(metrics['auprc'])
-    return GateResult('min quality', v >= min_auprc, v, min_auprc, f"AUPRC on {metrics.get('rows', 0):,} rows with {metrics.get('positives', 0):,} positives")
+MIN_POSITIVES = 30   # positives a window needs before a metric gate judges it (derived below from the AUPRC interval's width)
 
-def gate_no_regression(candidate_metric:float, production_metric:float|None, tolerance:float=0.02) -> GateResult:
+def _thin(name:str, positives:int|None, min_positives:int, value, threshold, what:str) -> GateResult|None:
+    "An 'insufficient evidence' result (not passed) when `positives` is below `min_positives`; else None."
+    if positives is not None and positives >= min_positives: return None
+    n = positives or 0
+    return GateResult(name, False, value, threshold, f"insufficient evidence: {what} on a window with {n} positive{'' if n == 1 else 's'}; "
+                      f'the gate judges from {min_positives}')
+
+def gate_min_quality(metrics:dict, min_auprc:float=0.5, min_positives:int=MIN_POSITIVES) -> GateResult:
+    "Pass when the hold-out AUPRC in `metrics` (from `classification_metrics`) is at least `min_auprc`, on at least `min_positives` positives."
+    v, pos = float(metrics['auprc']), metrics.get('positives')
+    what = f"AUPRC on {metrics.get('rows', 0):,} rows with {pos or 0:,} positives"
+    return _thin('min quality', pos, min_positives, v, min_auprc, 'AUPRC') or GateResult('min quality', v >= min_auprc, v, min_auprc, what)
+
+def gate_no_regression(candidate_metric:float, production_metric:float|None, tolerance:float=0.02,
+                       positives:int|None=None, min_positives:int=MIN_POSITIVES) -> GateResult: # positives: the window's, when known
     "Pass when the candidate is at most `tolerance` below production on the same hold-out set (always, without production)."
     if production_metric is None: return GateResult('no regression', True, candidate_metric, None, 'no production model')
     floor = production_metric - tolerance
-    return GateResult('no regression', candidate_metric >= floor, candidate_metric, floor, f'production {production_metric:.4g} - tolerance {tolerance:g}')
+    thin = None if positives is None else _thin('no regression', positives, min_positives, candidate_metric, floor, 'candidate vs production AUPRC')
+    return thin or GateResult('no regression', candidate_metric >= floor, candidate_metric, floor, f'production {production_metric:.4g} - tolerance {tolerance:g}')
 
-def gate_slice_gap(report:pd.DataFrame, max_gap:float=0.1, metric:str='auroc') -> GateResult:
-    "Pass when no slice with enough support falls more than `max_gap` below the overall `metric`."
+def gate_slice_gap(report:pd.DataFrame, max_gap:float=0.1, metric:str='auroc', min_positives:int=MIN_POSITIVES) -> GateResult:
+    "Pass when no slice with enough support falls more than `max_gap` below the overall `metric` of a window with `min_positives`."
+    pos = int(report.loc[report.slice == 'all', 'positives'].iloc[0]) if 'positives' in report else None
+    if thin := _thin('slice gap', pos, min_positives, None, max_gap, f'overall {metric}'): return thin
     try: g = worst_gap(report, metric)
-    except ValueError as e: return GateResult('slice gap', False, None, max_gap, str(e))
+    except ValueError as e: return GateResult('slice gap', False, None, max_gap, f'insufficient evidence: {e}')
     return GateResult('slice gap', g['gap'] <= max_gap, g['gap'], max_gap,
                       f"worst {metric}: {g['slice']}={g['value']} {g['slice_metric']:.3f} vs overall {g['overall']:.3f} ({g['positives']} positives)")
 
@@ -370,13 +385,13 @@ def run_gates(model, pre, frame:pd.DataFrame, # candidate, its preprocessor, lab
               production:tuple|None=None, # (model, preprocessor) in production, scored on the same frame
               y:str='is_fraud', min_auprc:float=0.5, tolerance:float=0.02, max_gap:float=0.1, gap_metric:str='auroc',
               by:Sequence[str]=('country', 'device', 'tenure'), threshold:float=0.5, min_rows:int=200, min_pos:int=10,
-              budget_ms_p99:float=100.0, latency_n:int=300) -> list[GateResult]:
+              budget_ms_p99:float=100.0, latency_n:int=300, min_positives:int=MIN_POSITIVES) -> list[GateResult]:
     "Quality, regression, slice-gap and latency gates for a candidate model on a hold-out frame."
     p = score(model, pre, frame); m = classification_metrics(frame[y], p, (threshold,))
     prod = None if production is None else classification_metrics(frame[y], score(*production, frame))['auprc']
     report = slice_report(frame.assign(score=p), y, 'score', by, threshold, min_rows, min_pos)
-    return [gate_min_quality(m, min_auprc), gate_no_regression(m['auprc'], prod, tolerance),
-            gate_slice_gap(report, max_gap, gap_metric), gate_latency(model, pre, frame, budget_ms_p99, latency_n)]
+    return [gate_min_quality(m, min_auprc, min_positives), gate_no_regression(m['auprc'], prod, tolerance, m['positives'], min_positives),
+            gate_slice_gap(report, max_gap, gap_metric, min_positives), gate_latency(model, pre, frame, budget_ms_p99, latency_n)]
 
 # %% ../nbs/06_evaluate.ipynb #e105c752
 def _paired_ap_draws(y:np.ndarray, pc:np.ndarray, pp:np.ndarray, n:int, seed:int, chunk:int=50) -> np.ndarray:
@@ -396,13 +411,15 @@ def _paired_ap_draws(y:np.ndarray, pc:np.ndarray, pp:np.ndarray, n:int, seed:int
 
 def gate_no_regression_paired(y, p_candidate, p_production, # the comparison window's labels, both models' scores
                               tolerance:float=0.02, # the AUPRC loss the window must rule out
-                              n:int=200, level:float=0.9, seed:int=0) -> GateResult: # bootstrap draws, interval, seed
+                              n:int=200, level:float=0.9, seed:int=0, # bootstrap draws, interval, seed
+                              min_positives:int=MIN_POSITIVES) -> GateResult: # fewer positives: insufficient evidence, whatever the interval
     "Pass when the paired bootstrap interval of candidate - production AUPRC on the same rows lies above `-tolerance`."
     y, pc = _binary(y, p_candidate); pp = _binary(y, p_production)[1]
     cand, prod = float(average_precision_score(y, pc)), float(average_precision_score(y, pp))
     lo, hi = np.quantile(_paired_ap_draws(y, pc, pp, n, seed), [(1 - level) / 2, (1 + level) / 2]); d = cand - prod
-    verdict = 'no worse' if lo >= -tolerance else 'worse' if hi < -tolerance else 'insufficient evidence'
-    return GateResult('no regression', bool(lo >= -tolerance), cand, prod - tolerance + (d - lo),
+    enough = int(y.sum()) >= min_positives
+    verdict = 'insufficient evidence' if not enough else 'no worse' if lo >= -tolerance else 'worse' if hi < -tolerance else 'insufficient evidence'
+    return GateResult('no regression', bool(enough and lo >= -tolerance), cand, prod - tolerance + (d - lo),
                       f'{verdict}: candidate - production AUPRC {d:+.3f}, {level:.0%} paired interval '
                       f'[{lo:+.3f}, {hi:+.3f}] on {len(y):,} rows with {int(y.sum())} positives '
-                      f'(tolerance {tolerance:g})')
+                      f'(tolerance {tolerance:g}' + ('' if enough else f'; the gate judges from {min_positives} positives') + ')')

@@ -23,7 +23,9 @@ def test_run_contract(production_ws, ws):
     assert (run_dir/'validate'/'validation.md').read_text().startswith('# Validation report')
     assert rec['stages'][0]['metrics']['rows']['transactions'] > 10_000
     train = rec['stages'][3]
-    assert train['metrics']['epochs'] == 2 and 0 < train['metrics']['test_auprc'] <= 1 and train['metrics']['wandb_run'].startswith('mlsys/')
+    assert train['metrics']['epochs'] == 2 and train['metrics']['wandb_run'].startswith('mlsys/')
+    evaluate = rec['stages'][4]['metrics']   # the same model on the same window: the train and evaluate stages agree, and the quality gate judged it
+    assert evaluate['window'] == 'test' and evaluate['test_auprc'] >= 0.5 and evaluate['test_auprc'] == pytest.approx(train['metrics']['test_auprc'], abs=1e-6)
     model_dir = ws/Path(train['artifacts']['model']).relative_to(Path(rec['stages'][0]['artifacts']['lake']).parent)
     assert sorted(p.name for p in model_dir.iterdir()) == ['model.json', 'preprocessor.json', 'weights.safetensors']
     assert list((ws/'tracking'/'checkpoints').iterdir()) == []   # a finished attempt leaves nothing to resume
@@ -118,7 +120,9 @@ def test_info_and_bench(ws):
     p = mlsys('bench', 'ingest', '--quick', '--workspace', ws)
     assert p.returncode == 0, p.stderr
     rec = json.loads((ws/'bench'/'ingest.json').read_text())
-    assert {'name', 'machine', 'results', 'ratios'} <= set(rec) and rec['ratios']['partition_pruned_read_speedup'] > 0
+    assert {'name', 'machine', 'results', 'ratios'} <= set(rec) and 'partition_pruned_read_speedup' in rec['ratios']   # a timing: reported, not asserted
+    reads = {r['label']: r for r in rec['results']}
+    assert reads['read all transactions']['days_read'] == 14 and reads['read newest 3 days']['days_read'] == 3   # the pruned read opens 3 partitions
 
 
 def test_bench_features_quick(ws):

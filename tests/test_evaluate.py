@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mlsys.evaluate import (Costs, GateFailed, GateResult, _draw_counts, _slots, _weighted_auc_ap, add_slices, bootstrap_ci,
-                            check_gates, choose_thresholds, classification_metrics, expected_calibration_error, expected_cost,
+                            MIN_POSITIVES, check_gates, choose_thresholds, classification_metrics, expected_calibration_error, expected_cost,
                             gate_min_quality, gate_no_regression, gate_no_regression_paired, gate_slice_gap,
                             _paired_ap_draws, mean_average_precision, mrr, ndcg_at_k,
                             recall_at_k, reliability_diagram, slice_report, worst_gap)
@@ -176,7 +176,7 @@ def test_gate_results_and_failure_message():
     first = gate_no_regression(0.6, None)
     assert first.passed and first.threshold is None and first.detail == 'no production model'
     assert gate_no_regression(0.68, 0.70, tolerance=0.02).passed and not gate_no_regression(0.6799, 0.70, tolerance=0.02).passed
-    q = gate_min_quality({'auprc': 0.3, 'rows': 10, 'positives': 2}, 0.5)
+    q = gate_min_quality({'auprc': 0.3, 'rows': 4000, 'positives': 40}, 0.5)
     assert str(q).startswith('FAIL min quality: 0.3 (threshold 0.5)')
     ok = GateResult('latency p99', True, 3.0, 100.0)
     assert check_gates([ok, first]) == [ok, first]
@@ -185,16 +185,37 @@ def test_gate_results_and_failure_message():
     assert str(e.value).startswith('2 of 3 model gates failed: min quality (value 0.3, threshold 0.5') and 'no regression (value 0.3, threshold 0.68' in str(e.value)
 
 
+@pytest.mark.parametrize('positives', [0, 1, MIN_POSITIVES - 1])
+def test_gates_refuse_to_judge_thin_windows(positives):
+    "Below MIN_POSITIVES the quality, regression and slice gates fail as 'insufficient evidence', however good the numbers; from it they judge."
+    thin = [gate_min_quality({'auprc': 1.0, 'rows': 55, 'positives': positives}), gate_no_regression(0.9, 0.5, positives=positives)]
+    report = pd.DataFrame({'slice': ['all', 'device'], 'value': ['all', 'ios'], 'rows': 5000, 'positives': [positives, positives], 'auroc': [0.9, 0.9],
+                           'enough': [True, True]})
+    thin.append(gate_slice_gap(report, max_gap=0.1))
+    thin.append(gate_no_regression_paired(np.r_[np.ones(max(positives, 1)), np.zeros(200)], np.r_[np.ones(max(positives, 1)), np.zeros(200)] * 3 + np.linspace(0, 1, max(positives, 1) + 200),
+                                          np.linspace(0, 1, max(positives, 1) + 200), tolerance=0.1))
+    for g in thin[:3] + (thin[3:] if positives else []):
+        assert not g.passed and g.detail.startswith('insufficient evidence') and f'judges from {MIN_POSITIVES}' in g.detail, g
+    judged = [gate_min_quality({'auprc': 1.0, 'rows': 55, 'positives': MIN_POSITIVES}), gate_no_regression(0.9, 0.5, positives=MIN_POSITIVES),
+              gate_slice_gap(report.assign(positives=MIN_POSITIVES), max_gap=0.1)]
+    assert all(g.passed for g in judged), judged
+
+
 def test_paired_regression_gate():
-    "The paired draws are AUPRC differences on explicit resamples; identical models tie; a window's width sets the margin."
+    "The draws are paired (both models on the same resampled rows); an equally good model passes, a worse one is 'worse', a thin window is not judged."
     rng = np.random.default_rng(0); y = np.r_[np.ones(40), np.zeros(960)]; a, b = y + rng.normal(size=1000), y + rng.normal(size=1000)
-    assert np.allclose(_paired_ap_draws(y, a, a, 30, 0), 0)
+    near = a + rng.normal(scale=0.01, size=1000)   # a model that differs from `a` on a few close calls
+    paired_sd, own_width = _paired_ap_draws(y, near, a, 200, 0).std(), np.subtract(*bootstrap_ci('auprc', y, a, n=200)[:0:-1])
+    assert paired_sd < 0.01 < 0.1 < own_width   # resampled separately, the difference would spread as wide as either AUPRC's interval
     d = _paired_ap_draws(y, a, b, 400, 0)
     assert abs(np.median(d) - (average_precision_score(y, a) - average_precision_score(y, b))) < 0.05
-    same = gate_no_regression_paired(y, a, a, tolerance=0.0)
-    assert same.passed and same.detail.startswith('no worse: candidate - production AUPRC +0.000')
+    y2 = np.r_[np.ones(200), np.zeros(4800)]   # 200 positives; two models of the same skill, and a weaker one
+    for s in range(3):
+        r = np.random.default_rng(s); prod, equal, weaker = (k * y2 + r.normal(size=5000) for k in (2, 2, 1))
+        assert gate_no_regression_paired(y2, equal, prod, tolerance=0.1).detail.startswith('no worse')
+        assert gate_no_regression_paired(y2, weaker, prod, tolerance=0.1).detail.startswith('worse')
     thin = np.r_[np.ones(3), np.zeros(997)]   # three positives: a window that cannot tell two models apart
-    g = gate_no_regression_paired(thin, thin * 2.5 + rng.normal(size=1000), thin * 3 + rng.normal(size=1000), tolerance=0.05)
+    g = gate_no_regression_paired(thin, thin * 2.5 + rng.normal(size=1000), thin * 3 + rng.normal(size=1000), tolerance=0.05, min_positives=1)
     assert not g.passed and g.threshold > g.value and 'on 1,000 rows with 3 positives' in g.detail
     with pytest.raises(ValueError, match='same length'): gate_no_regression_paired(y, a, b[:10])
 
@@ -216,6 +237,8 @@ def test_score_and_latency_leave_no_side_effects():
     g = gate_latency(model, pre, f, budget_ms_p99=1e9, n=20, warmup=2)
     assert g.passed and g.value > 0 and torch.get_num_threads() == threads and model.training
     with pytest.raises(ValueError, match='at least one row'): gate_latency(model, pre, f.iloc[:0])
-    res = run_gates(model, pre, f, production=(model, pre), min_auprc=0.0, max_gap=1.0, min_rows=10, min_pos=2, latency_n=10)
+    torch.manual_seed(1); prod = TabularClassifier(1, pre.cardinalities)   # another untrained network: production, scored on the same rows
+    res = run_gates(model, pre, f, production=(prod, pre), min_auprc=0.0, max_gap=1.0, min_rows=10, min_pos=2, latency_n=10)
     assert [r.name for r in res] == ['min quality', 'no regression', 'slice gap', 'latency p99']
-    assert res[1].passed and res[1].value == pytest.approx(res[1].threshold + 0.02)   # the same model against itself
+    assert res[1].value == pytest.approx(average_precision_score(f.is_fraud, p))
+    assert res[1].threshold == pytest.approx(average_precision_score(f.is_fraud, score(prod, pre, f)) - 0.02) != res[1].value - 0.02

@@ -20,14 +20,19 @@ def test_monitor_then_retrain_jobs(production_ws, tmp_path):
     report = (run_dir/'monitor'/f'report-{days[-1]}.md').read_text()
     assert '## Data drift' in report and 'amount_to_avg_30d' in report and (run_dir/'monitor'/f'report-{days[-1]}.png').stat().st_size > 1000
     sig = json.loads((ws/'monitoring'/'signals'/f'{days[-1]}.json').read_text())
-    assert sig['model_version'] == 1 and 0 < sig['reference_recall'] <= 1
+    from mlsys.config import Workspace
+    from mlsys.monitor import production_reference   # the production model's recall on its own test window, as the job must report it
+    assert sig['model_version'] == 1 and sig['reference_recall'] == pytest.approx(production_reference(Workspace(ws))[1], abs=1e-12)
 
     before = production_state(Registry(ws/'models'), 'fraud')
-    p = mlsys('job', 'retrain', '--workspace', ws, '-p', 'force', 'true', '-p', 'epochs', '1', '-p', 'val_days', '2', '-p', 'test_days', '2')
+    p = mlsys('job', 'retrain', '--workspace', ws, '-p', 'force', 'true', '-p', 'epochs', '1', '-p', 'val_days', '2', '-p', 'test_days', '2',
+              '-p', 'min_auprc', '0.99')
     assert p.returncode == 0, p.stderr[-2000:]
     m = run_record(p)[1]['stages'][0]['metrics']
-    # ten days of world leave too few labelled frauds per slice: the slice gate refuses the candidate, and production stays as it was, files included
-    assert m['retrain'] and not m['promoted'] and m['reason'].startswith('gates failed') and m['production_after'] == m['production_before'] == 1
+    # a quality bar no model here reaches, judged on a window with enough labelled frauds: the gate refuses the candidate,
+    # and production stays as it was, files included
+    assert m['retrain'] and not m['promoted'] and m['reason'].startswith('gates failed: min quality') and m['production_after'] == m['production_before'] == 1
+    assert 'insufficient evidence' not in m['reason'], m['reason']
     reg = Registry(ws/'models')
     assert production_state(reg, 'fraud') == before
     versions = reg.list('fraud').set_index('version')

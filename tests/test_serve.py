@@ -9,11 +9,11 @@ pytestmark = [pytest.mark.service, pytest.mark.xdist_group('serve')]   # one wor
 TOKEN = 'test-admin-token'
 
 
-def post(url, body, headers=None):
+def post(url, body, headers=None, timeout=30):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     req = urllib.request.Request(url, data, {'Content-Type': 'application/json', **(headers or {})}, method='POST')
     try:
-        with urllib.request.urlopen(req, timeout=30) as r: return r.status, json.loads(r.read()), dict(r.headers)
+        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read()), dict(r.headers)
     except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'null'), dict(e.headers)
 
 
@@ -164,7 +164,7 @@ def test_admin_routing_canary_shadow_blue_green_and_rollback(served):
 
 
 def test_feature_store_stopped_degrades_to_fallback(production_ws, tmp_path):
-    "A Redis online store, stopped under a running server: answers stay 200 with fallback features and `degraded`, and come back when it returns."
+    "A Redis online store, stopped under a running server: answers stay 200, from the model on fallback features, marked `degraded`."
     from conftest import mlsys
     if not shutil.which('redis-server'): pytest.fail('redis-server is not installed (.ci/run installs it)')
     ws = production_ws(tmp_path/'workspace'); port = free_port()
@@ -179,9 +179,11 @@ def test_feature_store_stopped_degrades_to_fallback(production_ws, tmp_path):
         code, out, _ = post(s.url('/predict'), {'instances': ents})
         assert code == 200 and not any(p['degraded'] for p in out['predictions'])
         redis.send_signal(signal.SIGKILL); redis.wait()
-        t0 = time.time(); code, down, _ = post(s.url('/predict'), {'instances': ents}); dt = time.time() - t0
-        assert code == 200 and all(p['degraded'] and 'feature_store_error' in p['degraded_reasons'] for p in down['predictions']), down
-        assert dt < 5 and {p['decision'] for p in down['predictions']} <= {'approve', 'review', 'block'}
+        try: code, down, _ = post(s.url('/predict'), {'instances': ents}, timeout=30)
+        except (TimeoutError, urllib.error.URLError) as e:   # a client deadline names the failure; how fast it degrades is the benchmark's business
+            pytest.fail(f'no answer within 30 s with the store stopped ({e!r}): the server waits on the store instead of degrading')
+        assert code == 200 and all(p['degraded'] and p['degraded_reasons'] == ['feature_store_error'] for p in down['predictions']), down
+        assert [p['model_version'] for p in down['predictions']] == ['fraud:1'] * 16   # the model answered, on the fallback features
         assert 'mlsys_degraded_total{reason="feature_store_error"} 16.0' in get(s.url('/metrics'))
     finally:
         if s: s.stop()
