@@ -8,7 +8,7 @@ SMALL = ['-p', 'n_days', '10']  # a short world keeps the CLI tests fast; `make 
 SMALL_TRAIN = ['-p', 'val_days', '2', '-p', 'test_days', '2', '-p', 'epochs', '2', '-p', 'baseline', 'false']  # windows that fit 10 days
 # The evaluate job's gates at their defaults, on a world whose labels arrive within about two days (median) instead of ten: its
 # two-day test window then holds ~50 labelled frauds (with ten, one among 55 rows), above the 30 a gate needs to judge (06_evaluate).
-SMALL_GATES = ['-p', 'label_delay_days', '2']
+FAST_LABELS = ['-p', 'label_delay_days', '2']
 
 
 def mlsys(*args, env=None, cwd=None):
@@ -48,7 +48,7 @@ def shared_once(tmp_path_factory, name:str, build) -> Path:
 
 
 def _full_run(folder):
-    p = mlsys('run', '--workspace', folder/'workspace', *SMALL, *SMALL_TRAIN, *SMALL_GATES)
+    p = mlsys('run', '--workspace', folder/'workspace', *SMALL, *SMALL_TRAIN, *FAST_LABELS)
     assert p.returncode == 0, p.stderr[-3000:]
     (folder/'proc.json').write_text(json.dumps({'args': p.args, 'returncode': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr}))
 

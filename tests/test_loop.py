@@ -1,7 +1,7 @@
 "`mlsys run -p simulate_days N`: the lake holds back N days, the pipeline registers a model on the rest, and the loop stage replays them as production."
 import json
 import pytest
-from conftest import SMALL, SMALL_GATES, SMALL_TRAIN, mlsys, run_record
+from conftest import SMALL, FAST_LABELS, SMALL_TRAIN, mlsys, run_record
 from mlsys.registry import Registry
 from mlsys.world import partitions, read_manifest
 
@@ -9,7 +9,7 @@ from mlsys.world import partitions, read_manifest
 @pytest.mark.slow
 def test_run_with_simulated_days_replays_them(tmp_path):
     ws = tmp_path/'workspace'
-    p = mlsys('run', '--workspace', ws, *SMALL, *SMALL_TRAIN, *SMALL_GATES, '-p', 'simulate_days', '8', '-p', 'policies', 'none,hybrid')
+    p = mlsys('run', '--workspace', ws, *SMALL, *SMALL_TRAIN, *FAST_LABELS, '-p', 'simulate_days', '8', '-p', 'policies', 'none,hybrid')
     assert p.returncode == 0, p.stderr[-3000:]
     run_dir, rec = run_record(p)
     assert [s['name'] for s in rec['stages']][-2:] == ['batch_predict', 'loop']
