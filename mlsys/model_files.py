@@ -10,11 +10,12 @@ from pathlib import Path
 from .config import atomic_write
 
 # %% auto #0
-__all__ = ['MODEL_FILES', 'MODEL_CLASSES', 'ModelFileError', 'model_class', 'read_spec', 'write_spec', 'save_model', 'load_model',
-           'quantize']
+__all__ = ['MODEL_FILES', 'RECIPE_KEYS', 'MODEL_CLASSES', 'ModelFileError', 'model_class', 'read_spec', 'write_spec',
+           'save_model', 'load_model', 'quantize']
 
 # %% ../nbs/04a_model_files.ipynb #eeadd1b3
 MODEL_FILES = ('model.json', 'preprocessor.json', 'weights.safetensors')
+RECIPE_KEYS = ('lr', 'hidden', 'dropout', 'weight_decay', 'batch_size')   # the keys of a spec's `config` that form the training recipe (`04_train`'s `RECIPE`)
 MODEL_CLASSES: dict[str, type] = {}
 
 class ModelFileError(ValueError):

@@ -6,15 +6,16 @@
 from __future__ import annotations
 import getpass, hashlib, json, os, shutil, sqlite3, time, uuid
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 from fastcore.basics import patch
 
-from .model_files import MODEL_FILES, load_model, read_spec, write_spec
+from .model_files import MODEL_FILES, RECIPE_KEYS, load_model, read_spec, write_spec
 
 # %% auto #0
 __all__ = ['STAGES', 'RegistryError', 'NotFound', 'ChecksumError', 'SchemaError', 'PromotionRefused', 'sha256', 'checksums',
-           'model_card', 'Registry', 'rebuild_command']
+           'model_card', 'Registry', 'rebuild_command', 'train_lineage']
 
 # %% ../nbs/07_registry.ipynb #168149c7
 class RegistryError(ValueError):
@@ -247,6 +248,30 @@ def show(self:Registry, name:str, ref:int|str='production') -> dict:
             'rebuild': {'command': rebuild_command(lin), 'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'data_hashes': lin.get('data_hashes'),
                         'feature_views': lin.get('feature_views'), 'train_config': lin.get('train_config')},
             'lineage': lin}
+
+# %% ../nbs/07_registry.ipynb #6e9123d1
+_WORLD_KEYS = ('seed', 'scale', 'n_days', 'fraud_rate', 'label_delay_days', 'shift_day', 'drift_day', 'fault',
+               'fault_day')
+
+def train_lineage(ws, run_dir:str|Path, # workspace, and the run whose train stage saved the model
+                  rebuild_keys:Iterable[str]) -> dict: # parameters `mlsys run --to train` accepts (`pipeline.stage_parameters`)
+    "The lineage of the model that the train stage of run `run_dir` saved, in workspace `ws`."
+    from mlsys.config import Workspace, model_lineage
+    from mlsys.features import FRAUD_VIEWS   # lazily: the registry itself needs neither Feast nor the lake
+    from mlsys.world import read_manifest
+    ws, run = ws if isinstance(ws, Workspace) else Workspace(ws), Path(run_dir)
+    record, train = (json.loads((run/f).read_text()) for f in ('run.json', 'stages/train.json'))
+    spec, man = read_spec(train['artifacts']['model']), read_manifest(ws.lake)
+    world = {k: v for k, v in man['config'].items() if k in _WORLD_KEYS}
+    given = {**world, **record['lineage']['config']['params'], **spec['config'], 'tuned': False}   # later ones win
+    rebuild = {k: v for k, v in given.items() if v is not None and k in rebuild_keys}
+    hashes = {**{f'lake_{k}': v['hash'] for k, v in man['tables'].items()}, **train['data_hashes']}
+    recipe = {k: spec['config'][k] for k in RECIPE_KEYS}
+    return model_lineage(record['lineage'], recipe, train['metrics'].get('recipe_source', ''),
+                         rebuild_params=rebuild, data_hashes=hashes, run_id=record['run_id'],
+                         feature_build=(ws.features/'current').resolve().name,
+                         feature_views=[*FRAUD_VIEWS, 'transaction_context'],
+                         train_config=spec.get('config'), wandb_run=train['metrics'].get('wandb_run'))
 
 # %% ../nbs/07_registry.ipynb #cfaec088
 @patch

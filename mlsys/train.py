@@ -26,7 +26,7 @@ __all__ = ['HOLDOUT_SHARES', 'CATEGORICAL', 'EVAL_BATCH', 'RECIPE', 'BEST_PARAMS
            'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint',
            'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'numeric_features', 'training_set',
            'RecipeError', 'recipe_params', 'Trained', 'quiet_lightning', 'train_model', 'load_best_params',
-           'job_params', 'gbt_baseline', 'train_job', 'train_lineage', 'bench_train']
+           'job_params', 'gbt_baseline', 'train_job', 'bench_train']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -407,31 +407,6 @@ def train_job(ws, # workspace (a `Workspace` or its folder)
     stage_metrics = {k: v for k, v in metrics.items() if k != 'params'} | {'wandb_run': run, 'recipe_source': source}
     return t, {'artifacts': arts, 'metrics': stage_metrics,
                'data_hashes': {'training_set': data_hash}}
-
-# %% ../nbs/04_train.ipynb #a63f1d44
-_WORLD_KEYS = ('seed', 'scale', 'n_days', 'fraud_rate', 'label_delay_days', 'shift_day', 'drift_day', 'fault',
-               'fault_day')
-
-def train_lineage(ws, run_dir:str|Path, # workspace, and the run whose train stage saved the model
-                  rebuild_keys:Collection[str]) -> dict: # parameters `mlsys run --to train` accepts (`pipeline.stage_parameters`)
-    "The lineage of the model that the train stage of run `run_dir` saved, in workspace `ws`."
-    from mlsys.config import model_lineage
-    from mlsys.features import FRAUD_VIEWS
-    from mlsys.model_files import read_spec
-    from mlsys.world import read_manifest
-    ws, run = ws if isinstance(ws, Workspace) else Workspace(ws), Path(run_dir)
-    record, train = (json.loads((run/f).read_text()) for f in ('run.json', 'stages/train.json'))
-    spec, man = read_spec(train['artifacts']['model']), read_manifest(ws.lake)
-    world = {k: v for k, v in man['config'].items() if k in _WORLD_KEYS}
-    given = {**world, **record['lineage']['config']['params'], **spec['config'], 'tuned': False}   # later ones win
-    rebuild = {k: v for k, v in given.items() if v is not None and k in rebuild_keys}
-    hashes = {**{f'lake_{k}': v['hash'] for k, v in man['tables'].items()}, **train['data_hashes']}
-    recipe = {k: spec['config'][k] for k in RECIPE}
-    return model_lineage(record['lineage'], recipe, train['metrics'].get('recipe_source', ''),
-                         rebuild_params=rebuild, data_hashes=hashes, run_id=record['run_id'],
-                         feature_build=(ws.features/'current').resolve().name,
-                         feature_views=[*FRAUD_VIEWS, 'transaction_context'],
-                         train_config=spec.get('config'), wandb_run=train['metrics'].get('wandb_run'))
 
 # %% ../nbs/04_train.ipynb #7bc20776
 def _raw_epochs(model, loader, epochs, device, bf16):
