@@ -1,5 +1,6 @@
 "Tuning across processes: two workers share one SQLite study, and a study whose worker was killed resumes to the requested size."
-import os, signal, subprocess, textwrap, time
+import os, signal, sqlite3, subprocess, textwrap, time
+from contextlib import closing
 import numpy as np
 import pandas as pd
 import pytest
@@ -49,11 +50,14 @@ def test_killed_study_resumes(tmp_path, frame):
     open_study('resume', url, max_epochs=3, heartbeat=1, grace=2)   # the tables exist before the worker starts
     p = subprocess.Popen([str(BIN/'python'), '-c', WORKER, str(frame), url, str(n)], stderr=subprocess.PIPE, text=True)
     done = lambda: summary(optuna.load_study(study_name='resume', storage=url))['n_trials']
+    def beating(st):   # a running trial whose heartbeat is recorded: only such a trial can be found stale and failed after the kill
+        with closing(sqlite3.connect(tmp_path/'optuna.db')) as con: beats = {r[0] for r in con.execute('SELECT trial_id FROM trial_heartbeats')}
+        return any(t.state == TrialState.RUNNING and t._trial_id in beats for t in st.get_trials(deepcopy=False))
     deadline = time.time() + 120
     while time.time() < deadline and p.poll() is None:   # kill it once two trials are finished and a third is running
         if done() >= 2:
             p.send_signal(signal.SIGSTOP)   # freeze it, so the trial seen running is still running when the kill lands
-            try: running = any(t.state == TrialState.RUNNING for t in optuna.load_study(study_name='resume', storage=url).get_trials(deepcopy=False))
+            try: running = beating(optuna.load_study(study_name='resume', storage=url))
             except Exception: running = False   # frozen inside a write: the file is locked; let it go on and look again
             if running: break
             p.send_signal(signal.SIGCONT)
