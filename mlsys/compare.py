@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from scipy import stats
 
 # %% auto #0
@@ -63,58 +64,80 @@ class Comparison:
         if a not in self.values: raise KeyError(f'Comparison of {self.metric!r}: no arm {a!r}; arms are {self.arms}')
         return self.values[a]
 
-    def summary(self) -> pd.DataFrame:
-        "Each arm's mean, interval, and range over the seeds."
-        rows = {a: dict(zip(('mean', 'lo', 'hi'), t_interval(self._arm(a), self.level)), min=self._arm(a).min(), max=self._arm(a).max())
-                for a in self.arms}
-        return pd.DataFrame(rows).T.rename_axis(self.metric)
 
-    def diff(self, a:str, b:str) -> dict:
-        "Paired difference `a - b` over seeds, oriented so that positive means `a` is better."
-        d = (self._arm(a) - self._arm(b)) * (1 if self.higher_is_better else -1)
-        mean, lo, hi = t_interval(d, self.level)
-        return dict(a=a, b=b, mean=mean, lo=lo, hi=hi, sd=float(d.std(ddof=1)) if self.n > 1 else math.nan,
-                    n=self.n, a_better=int((d > 0).sum()))
+# %% ../nbs/00a_compare.ipynb #b686c645
+@patch
+def summary(self:Comparison) -> pd.DataFrame:
+    "Each arm's mean, interval, and range over the seeds."
+    rows = {a: dict(zip(('mean', 'lo', 'hi'), t_interval(self._arm(a), self.level)), min=self._arm(a).min(), max=self._arm(a).max())
+            for a in self.arms}
+    return pd.DataFrame(rows).T.rename_axis(self.metric)
 
-    def describe(self, a:str, b:str) -> str:
-        "One line: the paired difference with its interval and how many seeds favoured `a`."
-        d = self.diff(a, b); word = 'higher' if self.higher_is_better else 'lower'
-        return (f'{self.metric}: {a} vs {b}, {word} is better: paired difference {d["mean"]:+.4f}, '
-                f'{self.level:.0%} interval [{d["lo"]:+.4f}, {d["hi"]:+.4f}] over {d["n"]} seeds ({a} better on {d["a_better"]})')
+@patch
+def diff(self:Comparison, a:str, b:str) -> dict:
+    "Paired difference `a - b` over seeds, oriented so that positive means `a` is better."
+    d = (self._arm(a) - self._arm(b)) * (1 if self.higher_is_better else -1)
+    mean, lo, hi = t_interval(d, self.level)
+    return dict(a=a, b=b, mean=mean, lo=lo, hi=hi, sd=float(d.std(ddof=1)) if self.n > 1 else math.nan,
+                n=self.n, a_better=int((d > 0).sum()))
 
-    def better(self, a:str, b:str, margin:float=0.0) -> bool:
-        "Does `a` beat `b` by more than `margin` at the whole interval?"
-        return self.diff(a, b)['lo'] > margin
+@patch
+def describe(self:Comparison, a:str, b:str) -> str:
+    "One line: the paired difference with its interval and how many seeds favoured `a`."
+    d = self.diff(a, b); word = 'higher' if self.higher_is_better else 'lower'
+    return (f'{self.metric}: {a} vs {b}, {word} is better: paired difference {d["mean"]:+.4f}, '
+            f'{self.level:.0%} interval [{d["lo"]:+.4f}, {d["hi"]:+.4f}] over {d["n"]} seeds ({a} better on {d["a_better"]})')
 
-    def equivalent(self, a:str, b:str, margin:float) -> bool:
-        "Do `a` and `b` agree within `margin` at the whole interval?"
-        d = self.diff(a, b); return -margin < d['lo'] and d['hi'] < margin
-
-    def assert_better(self, a:str, b:str, margin:float=0.0) -> dict:
-        "Raise unless `a` beats `b` by more than `margin`; return the difference."
-        if not self.better(a, b, margin): raise AssertionError(f'not shown: {a} beats {b} by more than {margin}. {self.describe(a, b)}')
-        return self.diff(a, b)
-
-    def assert_equivalent(self, a:str, b:str, margin:float) -> dict:
-        "Raise unless `a` and `b` agree within `margin`; return the difference."
-        if not self.equivalent(a, b, margin): raise AssertionError(f'not shown: {a} matches {b} within {margin}. {self.describe(a, b)}')
-        return self.diff(a, b)
-
-    def assert_between(self, a:str, lo:float=-math.inf, hi:float=math.inf) -> tuple[float, float, float]:
-        "Raise unless arm `a`'s whole interval lies in `[lo, hi]`; return its (mean, lo, hi)."
-        m, l, h = t_interval(self._arm(a), self.level)
-        if not (lo <= l and h <= hi):
-            raise AssertionError(f'not shown: {self.metric} of {a} lies in [{lo}, {hi}]: mean {m:.4f}, {self.level:.0%} interval [{l:.4f}, {h:.4f}] over {self.n} seeds')
-        return m, l, h
-
-    def seeds_needed(self, a:str, b:str, margin:float=0.0) -> int|None:
-        "Seeds a rerun would need to show `a` beats `b` by `margin`, taking this run as the pilot."
-        d = self.diff(a, b); return seeds_needed(d['sd'], d['mean'], margin, self.level)
-
-    def _repr_markdown_(self) -> str: return self.summary().to_markdown(floatfmt='.4f')
-    def __repr__(self) -> str: return f'Comparison of {self.metric} over {self.n} seeds\n{self.summary().round(4).to_string()}'
+@patch
+def _repr_markdown_(self:Comparison) -> str: return self.summary().to_markdown(floatfmt='.4f')
+@patch
+def __repr__(self:Comparison) -> str: return f'Comparison of {self.metric} over {self.n} seeds\n{self.summary().round(4).to_string()}'
 
 
+# %% ../nbs/00a_compare.ipynb #394d51f0
+@patch
+def reorder(self:Comparison, arms:list[str]) -> Comparison:
+    "The same comparison with its arms in the order given."
+    return Comparison(self.values[arms], self.metric, self.higher_is_better, self.level)
+
+# %% ../nbs/00a_compare.ipynb #711ecbf2
+@patch
+def better(self:Comparison, a:str, b:str, margin:float=0.0) -> bool:
+    "Does `a` beat `b` by more than `margin` at the whole interval?"
+    return self.diff(a, b)['lo'] > margin
+
+@patch
+def equivalent(self:Comparison, a:str, b:str, margin:float) -> bool:
+    "Do `a` and `b` agree within `margin` at the whole interval?"
+    d = self.diff(a, b); return -margin < d['lo'] and d['hi'] < margin
+
+@patch
+def assert_better(self:Comparison, a:str, b:str, margin:float=0.0) -> dict:
+    "Raise unless `a` beats `b` by more than `margin`; return the difference."
+    if not self.better(a, b, margin): raise AssertionError(f'not shown: {a} beats {b} by more than {margin}. {self.describe(a, b)}')
+    return self.diff(a, b)
+
+@patch
+def assert_equivalent(self:Comparison, a:str, b:str, margin:float) -> dict:
+    "Raise unless `a` and `b` agree within `margin`; return the difference."
+    if not self.equivalent(a, b, margin): raise AssertionError(f'not shown: {a} matches {b} within {margin}. {self.describe(a, b)}')
+    return self.diff(a, b)
+
+@patch
+def assert_between(self:Comparison, a:str, lo:float=-math.inf, hi:float=math.inf) -> tuple[float, float, float]:
+    "Raise unless arm `a`'s whole interval lies in `[lo, hi]`; return its (mean, lo, hi)."
+    m, l, h = t_interval(self._arm(a), self.level)
+    if not (lo <= l and h <= hi):
+        raise AssertionError(f'not shown: {self.metric} of {a} lies in [{lo}, {hi}]: mean {m:.4f}, {self.level:.0%} interval [{l:.4f}, {h:.4f}] over {self.n} seeds')
+    return m, l, h
+
+@patch
+def seeds_needed(self:Comparison, a:str, b:str, margin:float=0.0) -> int|None:
+    "Seeds a rerun would need to show `a` beats `b` by `margin`, taking this run as the pilot."
+    d = self.diff(a, b); return seeds_needed(d['sd'], d['mean'], margin, self.level)
+
+
+# %% ../nbs/00a_compare.ipynb #53724512
 def compare(run:Callable[[str, int], float|dict], arms:Iterable[str], seeds:Iterable[int],
             metric:str='metric', higher_is_better:bool|dict=True, level:float=0.95) -> Comparison|dict[str, Comparison]:
     "Run every arm on every seed. `run` returns a number, or a dict of numbers (then: a `Comparison` per metric)."
@@ -129,9 +152,3 @@ def compare(run:Callable[[str, int], float|dict], arms:Iterable[str], seeds:Iter
     records = [dict(arm=a, seed=s, **r) for a, s, r in out]
     return {m: Comparison.from_records(records, m, higher_is_better=hib.get(m, bool(higher_is_better) if not hib else True), level=level)
             .reorder(arms) for m in out[0][2]}
-
-# %% ../nbs/00a_compare.ipynb #55d843b1
-def _reorder(self:Comparison, arms:list[str]) -> Comparison:
-    "The same comparison with its arms in the order given."
-    return Comparison(self.values[arms], self.metric, self.higher_is_better, self.level)
-Comparison.reorder = _reorder
