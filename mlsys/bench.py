@@ -4,47 +4,49 @@
 
 # %% ../nbs/18_bench.ipynb #30f4ee9d
 from __future__ import annotations
-import os, platform, statistics, tempfile, time
+import os, platform, tempfile, time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Workspace, package_versions, write_json
+from .config import Workspace, measure, package_versions, write_json
 
 # %% auto #0
-__all__ = ['BENCHES', 'BENCH_MODULES', 'machine_info', 'pin_threads', 'measure', 'register', 'bench_names', 'run_bench',
-           'format_table', 'bench_ingest']
+__all__ = ['BENCHES', 'BENCH_MODULES', 'machine_info', 'pin_threads', 'register', 'bench_names', 'run_bench', 'format_table',
+           'bench_ingest']
 
 # %% ../nbs/18_bench.ipynb #bae70238
+def _cpu_model() -> str|None:
+    cpuinfo = Path('/proc/cpuinfo')
+    if not cpuinfo.exists(): return platform.processor()
+    models = [l.split(':', 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith('model name')]
+    return models[0] if models else None
+
 def machine_info() -> dict:
     "The machine a benchmark ran on: CPU model and count, platform, Python and key package versions."
-    model = next((l.split(':', 1)[1].strip() for l in Path('/proc/cpuinfo').read_text().splitlines() if l.startswith('model name')), None) \
-        if Path('/proc/cpuinfo').exists() else platform.processor()
-    return {'cpu': model, 'cpus': os.cpu_count(), 'threads': int(os.environ.get('OMP_NUM_THREADS', 0)) or None,
+    versions = package_versions(('numpy', 'pandas', 'pyarrow', 'pandera', 'torch'))
+    return {'cpu': _cpu_model(), 'cpus': os.cpu_count(), 'threads': int(os.environ.get('OMP_NUM_THREADS', 0)) or None,
             'platform': platform.platform(), 'python': platform.python_version(),
-            'packages': {k: v for k, v in package_versions(('numpy', 'pandas', 'pyarrow', 'pandera', 'torch')).items() if v}}
+            'packages': {k: v for k, v in versions.items() if v}}
 
+# %% ../nbs/18_bench.ipynb #2e02a6e4
 def pin_threads(n:int=1):
     "Pin BLAS/OpenMP (and torch, when loaded) to `n` threads, so that runs compare like with like."
     for v in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS'): os.environ[v] = str(n)
     import sys
     if 'torch' in sys.modules: sys.modules['torch'].set_num_threads(n)
 
-# %% ../nbs/18_bench.ipynb #faf39562
-def measure(fn:Callable, repeat:int=5, warmup:int=1) -> dict:
-    "Run `fn` `warmup` times unrecorded, then `repeat` times; median, min and max seconds."
-    for _ in range(warmup): fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter(); fn(); ts.append(time.perf_counter() - t0)
-    return {'median_s': round(statistics.median(ts), 5), 'min_s': round(min(ts), 5), 'max_s': round(max(ts), 5), 'repeat': repeat}
-
 # %% ../nbs/18_bench.ipynb #522c4dea
 BENCHES: dict[str, Callable] = {}
-BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train', 'serve': 'mlsys.bench_serve:bench_serve'}  # benchmarks that live with their stage, imported when asked for
+# benchmarks that live with their stage, imported when asked for
+BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train',
+                 'serve': 'mlsys.bench_serve:bench_serve',
+                 'retrieval': 'mlsys.retrieval:bench_retrieval'}
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."
-    def deco(fn): BENCHES[name] = fn; return fn
+    def deco(fn):
+        BENCHES[name] = fn
+        return fn
     return deco
 
 def bench_names() -> list[str]: return sorted({*BENCHES, *BENCH_MODULES})
@@ -53,45 +55,65 @@ def _lookup(name:str) -> Callable:
     if name in BENCHES: return BENCHES[name]
     if name in BENCH_MODULES:
         import importlib
-        mod, fn = BENCH_MODULES[name].split(':'); return getattr(importlib.import_module(mod), fn)
+        mod, fn = BENCH_MODULES[name].split(':')
+        return getattr(importlib.import_module(mod), fn)
     raise KeyError(f'unknown benchmark {name!r}; benchmarks: {", ".join(bench_names())}')
 
+# %% ../nbs/18_bench.ipynb #837f4172
 def run_bench(name:str, ws:Workspace|None=None, quick:bool=False, threads:int|None=None, device:str|None=None) -> dict:
-    "Run benchmark `name` (on `device`, for benchmarks that take one), write `bench/<name>.json` in `ws` and return the record."
+    "Run benchmark `name` (on `device`, if it takes one); write `bench/<name>.json` in `ws`; return the record."
     import inspect
     fn = _lookup(name)
-    if device and 'device' not in inspect.signature(fn).parameters: raise ValueError(f'benchmark {name!r} runs on the CPU only; it takes no device ({device!r})')
+    takes = inspect.signature(fn).parameters
+    if device and 'device' not in takes:
+        raise ValueError(f'benchmark {name!r} runs on the CPU only; it takes no device ({device!r})')
     if threads: pin_threads(threads)
     ws = ws or Workspace()
-    kw = {**({'device': device} if device else {}), **({'ws': ws} if 'ws' in inspect.signature(fn).parameters else {})}   # `ws`: benchmarks of a workspace's models
+    kw = {'device': device} if device else {}
+    if 'ws' in takes: kw['ws'] = ws   # benchmarks of a workspace's models
     results, ratios = fn(quick, **kw)
-    rec = {'name': name, 'machine': machine_info(), 'quick': quick, 'device': device or 'cpu', 'results': results, 'ratios': ratios}
-    write_json(ws.ensure().bench/f'{name}.json', rec)
-    return rec
+    record = {'name': name, 'machine': machine_info(), 'quick': quick, 'device': device or 'cpu', 'results': results,
+              'ratios': ratios}
+    write_json(ws.ensure().bench/f'{name}.json', record)
+    return record
 
 # %% ../nbs/18_bench.ipynb #b5c9f2bd
 def format_table(rec:dict) -> str:
     "The results and ratios of a benchmark record as a plain-text table."
-    rows = rec['results']; cols = list(dict.fromkeys(k for r in rows for k in r))
-    w = {c: max(len(c), *(len(str(r.get(c, ''))) for r in rows)) for c in cols}
-    lines = ['  '.join(c.ljust(w[c]) for c in cols), '  '.join('-' * w[c] for c in cols)]
-    lines += ['  '.join(str(r.get(c, '')).ljust(w[c]) for c in cols) for r in rows]
+    rows = rec['results']
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    width = {c: max(len(c), *(len(str(r.get(c, ''))) for r in rows)) for c in cols}
+    lines = ['  '.join(c.ljust(width[c]) for c in cols), '  '.join('-' * width[c] for c in cols)]
+    lines += ['  '.join(str(r.get(c, '')).ljust(width[c]) for c in cols) for r in rows]
     lines += [f'ratio {k}: {v}' for k, v in rec['ratios'].items()]
     return f"{rec['name']} on {rec['machine']['cpus']} CPUs ({rec['machine']['cpu']})\n" + '\n'.join(lines)
 
 # %% ../nbs/18_bench.ipynb #cd543941
 @register('ingest')
 def bench_ingest(quick:bool=False):
+    "Simulate, land and validate a world; read its transactions whole and only the newest three days."
     from mlsys.world import partitions, read_table, simulate, write_lake
     from mlsys.validate import validate_lake
-    kw = {'n_days': 14} if quick else {}; rep = 2 if quick else 5
-    lake = Path(tempfile.mkdtemp())/'lake'; w = simulate(seed=0, **kw); write_lake(w, lake); n = len(w.transactions)
+    size = {'n_days': 14} if quick else {}
+    repeat = 2 if quick else 5
+    lake = Path(tempfile.mkdtemp())/'lake'
+    world = simulate(seed=0, **size)
+    write_lake(world, lake)
+    n = len(world.transactions)
     recent = partitions(lake, 'transactions')[-3:]
-    runs = {'simulate world': lambda: simulate(seed=0, **kw), 'write lake': lambda: write_lake(w, lake),
-            'validate lake': lambda: validate_lake(lake), 'read all transactions': lambda: read_table(lake, 'transactions'),
-            'read newest 3 days': lambda: read_table(lake, 'transactions', recent)}
-    res = [{'label': k, **measure(f, repeat=1 if quick and k != 'read newest 3 days' else rep), 'transactions': n} for k, f in runs.items()]
-    for r, days in ((res[-2], None), (res[-1], recent)):   # what each read returned: rows and days, counts beside the times
-        got = read_table(lake, 'transactions', days); r |= {'rows_read': len(got), 'days_read': int(got.ts.dt.normalize().nunique())}
-    t = {r['label']: r['median_s'] for r in res}
-    return res, {'partition_pruned_read_speedup': round(t['read all transactions'] / t['read newest 3 days'], 2)}
+    runs = {
+        'simulate world': lambda: simulate(seed=0, **size),
+        'write lake': lambda: write_lake(world, lake),
+        'validate lake': lambda: validate_lake(lake),
+        'read all transactions': lambda: read_table(lake, 'transactions'),
+        'read newest 3 days': lambda: read_table(lake, 'transactions', recent),
+    }
+    def repeats(label): return repeat if label == 'read newest 3 days' or not quick else 1
+    results = [{'label': k, **measure(f, repeat=repeats(k)), 'transactions': n} for k, f in runs.items()]
+    # what each read returned: rows and days, counts beside the times
+    for row, days in ((results[-2], None), (results[-1], recent)):
+        got = read_table(lake, 'transactions', days)
+        row |= {'rows_read': len(got), 'days_read': int(got.ts.dt.normalize().nunique())}
+    medians = {r['label']: r['median_s'] for r in results}
+    speedup = round(medians['read all transactions'] / medians['read newest 3 days'], 2)
+    return results, {'partition_pruned_read_speedup': speedup}

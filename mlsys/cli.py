@@ -14,113 +14,171 @@ __all__ = ['main']
 
 # %% ../nbs/17_cli.ipynb #8f1ccc27
 def _params(pairs) -> dict:
+    "The `-p KEY VALUE` pairs as a dict of parsed values."
     return {k: parse_value(v) for k, v in (pairs or [])}
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='mlsys', description='ML systems, stage by stage.')
-    sub = p.add_subparsers(dest='cmd', required=True)
+def _common() -> argparse.ArgumentParser:
+    "The options every subcommand takes: workspace, settings file, job parameters."
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument('--workspace', help='workspace folder (default $MLSYS_HOME or ./workspace)')
     common.add_argument('--config', help='settings YAML (default $MLSYS_CONFIG or ./mlsys.yaml)')
-    common.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'), help='job parameter, repeatable')
-    r = sub.add_parser('run', parents=[common], help='run the pipeline')
-    r.add_argument('--scenario', choices=['fraud']); r.add_argument('--scale', choices=['small', 'medium'])
-    r.add_argument('--from', dest='from_stage', choices=STAGES); r.add_argument('--to', dest='to_stage', choices=STAGES)
-    j = sub.add_parser('job', parents=[common], help='run one job notebook with papermill'); j.add_argument('name')
-    b = sub.add_parser('bench', parents=[common], help='run a benchmark, print a table, write JSON')
-    b.add_argument('name', help="a benchmark name, or 'all'"); b.add_argument('--quick', action='store_true', help='smaller data, fewer repeats')
-    b.add_argument('--threads', type=int, default=1, help='threads for BLAS/OpenMP/torch (default 1)')
-    b.add_argument('--device', help="for benchmarks that take one, e.g. 'cuda' (`mlsys bench train --device cuda`)")
-    g = sub.add_parser('registry', parents=[common], help='model versions: list, show, promote, rollback, verify')
-    g.add_argument('action', choices=['list', 'show', 'promote', 'rollback', 'verify'])
-    g.add_argument('ref', nargs='?', help='NAME or NAME:VERSION, where VERSION is a number, a stage or latest (default production)')
-    g.add_argument('--stage', default='production', help='promote: the target stage (default production)')
-    g.add_argument('--force', action='store_true', help='promote: override failed gates (needs --reason; logged)')
-    g.add_argument('--reason', help='why: recorded in the audit log')
-    sv = sub.add_parser('serve', parents=[common], help='serve the registry model over HTTP (FastAPI on uvicorn)')
-    sv.add_argument('--model', default='fraud@production', help='NAME@REF, REF a stage, a version number or latest (default fraud@production)')
-    sv.add_argument('--host', default='127.0.0.1'); sv.add_argument('--port', type=int, default=8000)
-    sv.add_argument('--max-batch-size', type=int, default=32, help='dynamic batching: instances per forward pass (1 turns batching off)')
-    sv.add_argument('--max-queue-delay-ms', type=float, default=2.0, help='dynamic batching: longest wait for a batch to fill')
-    sv.add_argument('--max-queue', type=int, default=1024, help='instances waiting before requests get 503')
-    sv.add_argument('--feature-timeout-ms', type=float, default=250.0, help='online feature read timeout before fallback features')
-    sv.add_argument('--json', dest='json_lib', choices=['orjson', 'stdlib'], default='orjson')
-    sv.add_argument('--no-prediction-log', dest='log_predictions', action='store_false', help='do not append answers to monitoring/predictions')
-    sub.add_parser('info', parents=[common], help='versions, devices, workspace')
-    return p
+    common.add_argument('-p', '--param', nargs=2, action='append', metavar=('KEY', 'VALUE'),
+                        help='job parameter, repeatable')
+    return common
+
+# %% ../nbs/17_cli.ipynb #04cec2a3
+def _add_run(sub, common):
+    "`run` (the pipeline, or a slice of it) and `job` (one job notebook)."
+    run_cmd = sub.add_parser('run', parents=[common], help='run the pipeline')
+    run_cmd.add_argument('--scenario', choices=['fraud'])
+    run_cmd.add_argument('--scale', choices=['small', 'medium'])
+    run_cmd.add_argument('--from', dest='from_stage', choices=STAGES)
+    run_cmd.add_argument('--to', dest='to_stage', choices=STAGES)
+    sub.add_parser('job', parents=[common], help='run one job notebook with papermill').add_argument('name')
 
 # %% ../nbs/17_cli.ipynb #1c2219b3
 def _info(settings) -> dict:
+    "`mlsys info`: versions, devices and the workspace."
     import mlsys
-    dev = {'cpus': os.cpu_count()}
+    devices = {'cpus': os.cpu_count()}
     try:
         import torch
-        dev |= {'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count(), 'torch_threads': torch.get_num_threads()}
-    except ImportError: dev['torch'] = 'not installed'
+        devices |= {'cuda': torch.cuda.is_available(), 'gpus': torch.cuda.device_count(),
+                    'torch_threads': torch.get_num_threads()}
+    except ImportError: devices['torch'] = 'not installed'
     ws = settings.workspace
-    return {'mlsys': mlsys.__version__, 'python': platform.python_version(), 'platform': platform.platform(), 'devices': dev,
-            'workspace': str(ws.root), 'workspace_exists': ws.root.exists(), 'packages': package_versions()}
+    return {'mlsys': mlsys.__version__, 'python': platform.python_version(), 'platform': platform.platform(),
+            'devices': devices, 'workspace': str(ws.root), 'workspace_exists': ws.root.exists(),
+            'packages': package_versions()}
 
 # %% ../nbs/17_cli.ipynb #47858df8
+def _add_bench(sub, common):
+    "`bench NAME`: a benchmark by name, or all of them."
+    parser = sub.add_parser('bench', parents=[common], help='run a benchmark, print a table, write JSON')
+    parser.add_argument('name', help="a benchmark name, or 'all'")
+    parser.add_argument('--quick', action='store_true', help='smaller data, fewer repeats')
+    parser.add_argument('--threads', type=int, default=1, help='threads for BLAS/OpenMP/torch (default 1)')
+    parser.add_argument('--device',
+                        help="for benchmarks that take one, e.g. 'cuda' (`mlsys bench train --device cuda`)")
+
+# %% ../nbs/17_cli.ipynb #93e0c9eb
 def _bench(args, settings) -> int:
+    "`mlsys bench`: run the benchmarks named, print each table."
     from mlsys.bench import bench_names, format_table, run_bench
     names = bench_names() if args.name == 'all' else [args.name]
-    if any(n not in bench_names() for n in names): raise UsageError(f'unknown benchmark {args.name!r}; benchmarks: all, {", ".join(bench_names())}')
+    if any(n not in bench_names() for n in names):
+        raise UsageError(f'unknown benchmark {args.name!r}; benchmarks: all, {", ".join(bench_names())}')
     for n in names:
-        try: rec = run_bench(n, settings.workspace, args.quick, args.threads, args.device)
+        try: record = run_bench(n, settings.workspace, args.quick, args.threads, args.device)
         except ValueError as e: raise UsageError(str(e)) from e
-        print(format_table(rec), end='\n\n')
+        print(format_table(record), end='\n\n')
     print(settings.workspace.bench)
     return 0
 
 # %% ../nbs/17_cli.ipynb #2263017f
+def _add_registry(sub, common):
+    "`registry ACTION [NAME[:VERSION]]`: list, show, promote, rollback or verify model versions."
+    parser = sub.add_parser('registry', parents=[common], help='model versions: list, show, promote, rollback, verify')
+    parser.add_argument('action', choices=['list', 'show', 'promote', 'rollback', 'verify'])
+    parser.add_argument('ref', nargs='?',
+                        help='NAME or NAME:VERSION, where VERSION is a number, a stage or latest (default production)')
+    parser.add_argument('--stage', default='production', help='promote: the target stage (default production)')
+    parser.add_argument('--force', action='store_true', help='promote: override failed gates (needs --reason; logged)')
+    parser.add_argument('--reason', help='why: recorded in the audit log')
+
+# %% ../nbs/17_cli.ipynb #8984bb0f
 def _registry(args, settings) -> int:
+    "`mlsys registry`: one action on the workspace's registry; a missing name or version is a usage error."
     from mlsys.registry import NotFound, Registry, RegistryError
-    reg = Registry(settings.workspace.models)
-    name, _, ver = (args.ref or '').partition(':')
+    registry = Registry(settings.workspace.models)
+    name, _, version = (args.ref or '').partition(':')
     if args.action == 'list':
-        df = reg.list(name or None); print(df.to_string(index=False) if len(df) else 'no models registered'); return 0
+        versions = registry.list(name or None)
+        print(versions.to_string(index=False) if len(versions) else 'no models registered')
+        return 0
     if not name: raise UsageError(f'registry {args.action} needs a model: NAME or NAME:VERSION')
     try:
-        if args.action == 'show': print(json.dumps(reg.show(name, ver or 'production'), indent=1, default=str))
+        if args.action == 'show': print(json.dumps(registry.show(name, version or 'production'), indent=1, default=str))
         elif args.action == 'verify':
-            bad = reg.verify(name, ver or 'production')
-            print('\n'.join(bad) if bad else f'{name}:{ver or "production"}: every file matches its checksum', file=sys.stderr if bad else sys.stdout)
+            bad = registry.verify(name, version or 'production')
+            print('\n'.join(bad) if bad else f'{name}:{version or "production"}: every file matches its checksum',
+                  file=sys.stderr if bad else sys.stdout)
             return 1 if bad else 0
         elif args.action == 'promote':
-            if not ver: raise UsageError('registry promote needs NAME:VERSION')
-            print(f'{name}:{reg.promote(name, ver, args.stage, args.reason, args.force)} -> {args.stage}')
-        else: print(f'{name}:{reg.rollback(name, args.reason or "rollback from the command line")} -> production')
+            if not version: raise UsageError('registry promote needs NAME:VERSION')
+            print(f'{name}:{registry.promote(name, version, args.stage, args.reason, args.force)} -> {args.stage}')
+        else: print(f'{name}:{registry.rollback(name, args.reason or "rollback from the command line")} -> production')
     except NotFound as e: raise UsageError(str(e)) from e
-    except RegistryError as e: print(f'mlsys: {e}', file=sys.stderr); return 1
+    except RegistryError as e:
+        print(f'mlsys: {e}', file=sys.stderr)
+        return 1
     return 0
 
 # %% ../nbs/17_cli.ipynb #990ef441
+def _add_serve(sub, common):
+    "`serve`: the registry model over HTTP, with the batching and feature-read knobs."
+    parser = sub.add_parser('serve', parents=[common], help='serve the registry model over HTTP (FastAPI on uvicorn)')
+    parser.add_argument('--model', default='fraud@production',
+                        help='NAME@REF, REF a stage, a version number or latest (default fraud@production)')
+    parser.add_argument('--host', default='127.0.0.1')
+    parser.add_argument('--port', type=int, default=8000)
+    parser.add_argument('--max-batch-size', type=int, default=32,
+                        help='dynamic batching: instances per forward pass (1 turns batching off)')
+    parser.add_argument('--max-queue-delay-ms', type=float, default=2.0,
+                        help='dynamic batching: longest wait for a batch to fill')
+    parser.add_argument('--max-queue', type=int, default=1024, help='instances waiting before requests get 503')
+    parser.add_argument('--feature-timeout-ms', type=float, default=250.0,
+                        help='online feature read timeout before fallback features')
+    parser.add_argument('--json', dest='json_lib', choices=['orjson', 'stdlib'], default='orjson')
+    parser.add_argument('--no-prediction-log', dest='log_predictions', action='store_false',
+                        help='do not append answers to monitoring/predictions')
+
+# %% ../nbs/17_cli.ipynb #392448ad
 def _serve(args, settings) -> int:
+    "`mlsys serve`: check the arguments, then serve until stopped."
     from pydantic import ValidationError
-    from mlsys.serve import serve
-    name, sep, ref = args.model.partition('@')
+    from mlsys.server import serve
+    name, _, ref = args.model.partition('@')
     if not name: raise UsageError(f'--model {args.model!r}: use NAME@REF, e.g. fraud@production')
-    cfg = {k: getattr(args, k) for k in ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib', 'log_predictions')}
-    try: serve(settings.workspace.root, args.host, args.port, model=name, ref=ref or 'production', **cfg)
-    except ValidationError as e: raise UsageError('; '.join(f"--{'-'.join(map(str, x['loc'])).replace('_', '-')} {x['input']!r}: {x['msg']}" for x in e.errors())) from e
+    knobs = ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib', 'log_predictions')
+    try: serve(settings.workspace.root, args.host, args.port, model=name, ref=ref or 'production',
+               **{k: getattr(args, k) for k in knobs})
+    except ValidationError as e:
+        errors = [f"--{'-'.join(map(str, x['loc'])).replace('_', '-')} {x['input']!r}: {x['msg']}" for x in e.errors()]
+        raise UsageError('; '.join(errors)) from e
     return 0
+
+# %% ../nbs/17_cli.ipynb #9fd8771f
+def _parser() -> argparse.ArgumentParser:
+    "The `mlsys` command line: `run`, `job`, `bench`, `registry`, `serve` and `info`."
+    parser = argparse.ArgumentParser(prog='mlsys', description='ML systems, stage by stage.')
+    sub, common = parser.add_subparsers(dest='cmd', required=True), _common()
+    for add in (_add_run, _add_bench, _add_registry, _add_serve): add(sub, common)
+    sub.add_parser('info', parents=[common], help='versions, devices, workspace')
+    return parser
 
 # %% ../nbs/17_cli.ipynb #4c0587ee
 def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlsys` command; returns the exit code."
     args = _parser().parse_args(argv)
     try:
-        s = load_settings(args.config, home=args.workspace, scale=getattr(args, 'scale', None), scenario=getattr(args, 'scenario', None))
-        if args.cmd == 'info': print(json.dumps(_info(s), indent=2)); return 0
-        if args.cmd == 'bench': return _bench(args, s)
-        if args.cmd == 'registry': return _registry(args, s)
-        if args.cmd == 'serve': return _serve(args, s)
+        settings = load_settings(args.config, home=args.workspace, scale=getattr(args, 'scale', None),
+                                 scenario=getattr(args, 'scenario', None))
+        if args.cmd == 'info':
+            print(json.dumps(_info(settings), indent=2))
+            return 0
+        handler = {'bench': _bench, 'registry': _registry, 'serve': _serve}.get(args.cmd)
+        if handler: return handler(args, settings)
         params = _params(args.param)
-        res = run(s, params, args.from_stage, args.to_stage) if args.cmd == 'run' else run(s, params, stages=[args.name])
-    except UsageError as e: print(f'mlsys: error: {e}', file=sys.stderr); return 2
-    except SettingsError as e: print(f'mlsys: {e}', file=sys.stderr); return 1
-    rec = res.record
-    if not res.ok: print(f"mlsys: stage {rec['failed_stage']} failed: {rec['reason']}", file=sys.stderr)
-    print(res.run_dir)
-    return 0 if res.ok else 1
+        if args.cmd == 'run': result = run(settings, params, args.from_stage, args.to_stage)
+        else: result = run(settings, params, stages=[args.name])
+    except UsageError as e:
+        print(f'mlsys: error: {e}', file=sys.stderr)
+        return 2
+    except SettingsError as e:
+        print(f'mlsys: {e}', file=sys.stderr)
+        return 1
+    if not result.ok:
+        print(f"mlsys: stage {result.record['failed_stage']} failed: {result.record['reason']}", file=sys.stderr)
+    print(result.run_dir)
+    return 0 if result.ok else 1

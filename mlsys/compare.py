@@ -27,9 +27,9 @@ def t_interval(values:Iterable[float], level:float=0.95) -> tuple[float, float, 
     half = float(stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
     return m, m - half, m + half
 
-
+# %% ../nbs/00a_compare.ipynb #ef84ab53
 def seeds_needed(sd:float, gap:float, margin:float=0.0, level:float=0.95, most:int=100) -> int|None:
-    "Fewest seeds whose t interval for a paired difference with spread `sd` and mean `gap` clears `margin`; None if `most` are not enough."
+    "Fewest seeds whose t interval of a paired difference (spread `sd`, mean `gap`) clears `margin`; None past `most`."
     if gap <= margin: return None
     for n in range(2, most + 1):
         if stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n) < gap - margin: return n
@@ -47,13 +47,16 @@ class Comparison:
     def __post_init__(self):
         if self.values.empty: raise ValueError(f'Comparison of {self.metric!r}: no values')
         bad = self.values.columns[~np.isfinite(self.values.to_numpy(float)).all(axis=0)].tolist()
-        if bad: raise ValueError(f'Comparison of {self.metric!r}: arm(s) {bad} have missing or infinite values: {self.values[bad].to_dict("list")}')
+        if bad:
+            raise ValueError(f'Comparison of {self.metric!r}: arm(s) {bad} have missing '
+                             f'or infinite values: {self.values[bad].to_dict("list")}')
 
     @classmethod
     def from_records(cls, records:Iterable[dict], metric:str, arm:str='arm', seed:str='seed', **kw) -> Comparison:
         "Build from rows such as `{'seed': 0, 'arm': 'none', 'auprc': 0.71}`."
         df = pd.DataFrame(list(records))
-        return cls(df.pivot(index=seed, columns=arm, values=metric).rename_axis(index='seed', columns='arm'), metric, **kw)
+        return cls(df.pivot(index=seed, columns=arm, values=metric).rename_axis(index='seed', columns='arm'),
+                   metric, **kw)
 
     @property
     def arms(self) -> list[str]: return list(self.values.columns)
@@ -64,12 +67,17 @@ class Comparison:
         if a not in self.values: raise KeyError(f'Comparison of {self.metric!r}: no arm {a!r}; arms are {self.arms}')
         return self.values[a]
 
+    def reorder(self, arms:list[str]) -> Comparison:
+        "The same comparison with its arms in the order given."
+        return Comparison(self.values[arms], self.metric, self.higher_is_better, self.level)
+
 
 # %% ../nbs/00a_compare.ipynb #b686c645
 @patch
 def summary(self:Comparison) -> pd.DataFrame:
     "Each arm's mean, interval, and range over the seeds."
-    rows = {a: dict(zip(('mean', 'lo', 'hi'), t_interval(self._arm(a), self.level)), min=self._arm(a).min(), max=self._arm(a).max())
+    rows = {a: dict(zip(('mean', 'lo', 'hi'), t_interval(self._arm(a), self.level)),
+                    min=self._arm(a).min(), max=self._arm(a).max())
             for a in self.arms}
     return pd.DataFrame(rows).T.rename_axis(self.metric)
 
@@ -81,24 +89,21 @@ def diff(self:Comparison, a:str, b:str) -> dict:
     return dict(a=a, b=b, mean=mean, lo=lo, hi=hi, sd=float(d.std(ddof=1)) if self.n > 1 else math.nan,
                 n=self.n, a_better=int((d > 0).sum()))
 
+# %% ../nbs/00a_compare.ipynb #096d322d
 @patch
 def describe(self:Comparison, a:str, b:str) -> str:
     "One line: the paired difference with its interval and how many seeds favoured `a`."
-    d = self.diff(a, b); word = 'higher' if self.higher_is_better else 'lower'
+    d = self.diff(a, b)
+    word = 'higher' if self.higher_is_better else 'lower'
     return (f'{self.metric}: {a} vs {b}, {word} is better: paired difference {d["mean"]:+.4f}, '
-            f'{self.level:.0%} interval [{d["lo"]:+.4f}, {d["hi"]:+.4f}] over {d["n"]} seeds ({a} better on {d["a_better"]})')
+            f'{self.level:.0%} interval [{d["lo"]:+.4f}, {d["hi"]:+.4f}] '
+            f'over {d["n"]} seeds ({a} better on {d["a_better"]})')
 
 @patch
 def _repr_markdown_(self:Comparison) -> str: return self.summary().to_markdown(floatfmt='.4f')
 @patch
-def __repr__(self:Comparison) -> str: return f'Comparison of {self.metric} over {self.n} seeds\n{self.summary().round(4).to_string()}'
-
-
-# %% ../nbs/00a_compare.ipynb #394d51f0
-@patch
-def reorder(self:Comparison, arms:list[str]) -> Comparison:
-    "The same comparison with its arms in the order given."
-    return Comparison(self.values[arms], self.metric, self.higher_is_better, self.level)
+def __repr__(self:Comparison) -> str:
+    return f'Comparison of {self.metric} over {self.n} seeds\n{self.summary().round(4).to_string()}'
 
 # %% ../nbs/00a_compare.ipynb #711ecbf2
 @patch
@@ -109,33 +114,38 @@ def better(self:Comparison, a:str, b:str, margin:float=0.0) -> bool:
 @patch
 def equivalent(self:Comparison, a:str, b:str, margin:float) -> bool:
     "Do `a` and `b` agree within `margin` at the whole interval?"
-    d = self.diff(a, b); return -margin < d['lo'] and d['hi'] < margin
+    d = self.diff(a, b)
+    return -margin < d['lo'] and d['hi'] < margin
 
 @patch
 def assert_better(self:Comparison, a:str, b:str, margin:float=0.0) -> dict:
     "Raise unless `a` beats `b` by more than `margin`; return the difference."
-    if not self.better(a, b, margin): raise AssertionError(f'not shown: {a} beats {b} by more than {margin}. {self.describe(a, b)}')
+    if not self.better(a, b, margin):
+        raise AssertionError(f'not shown: {a} beats {b} by more than {margin}. {self.describe(a, b)}')
     return self.diff(a, b)
 
 @patch
 def assert_equivalent(self:Comparison, a:str, b:str, margin:float) -> dict:
     "Raise unless `a` and `b` agree within `margin`; return the difference."
-    if not self.equivalent(a, b, margin): raise AssertionError(f'not shown: {a} matches {b} within {margin}. {self.describe(a, b)}')
+    if not self.equivalent(a, b, margin):
+        raise AssertionError(f'not shown: {a} matches {b} within {margin}. {self.describe(a, b)}')
     return self.diff(a, b)
 
+# %% ../nbs/00a_compare.ipynb #bde733e2
 @patch
 def assert_between(self:Comparison, a:str, lo:float=-math.inf, hi:float=math.inf) -> tuple[float, float, float]:
     "Raise unless arm `a`'s whole interval lies in `[lo, hi]`; return its (mean, lo, hi)."
     m, l, h = t_interval(self._arm(a), self.level)
     if not (lo <= l and h <= hi):
-        raise AssertionError(f'not shown: {self.metric} of {a} lies in [{lo}, {hi}]: mean {m:.4f}, {self.level:.0%} interval [{l:.4f}, {h:.4f}] over {self.n} seeds')
+        raise AssertionError(f'not shown: {self.metric} of {a} lies in [{lo}, {hi}]: mean {m:.4f}, '
+                             f'{self.level:.0%} interval [{l:.4f}, {h:.4f}] over {self.n} seeds')
     return m, l, h
 
 @patch
 def seeds_needed(self:Comparison, a:str, b:str, margin:float=0.0) -> int|None:
     "Seeds a rerun would need to show `a` beats `b` by `margin`, taking this run as the pilot."
-    d = self.diff(a, b); return seeds_needed(d['sd'], d['mean'], margin, self.level)
-
+    d = self.diff(a, b)
+    return seeds_needed(d['sd'], d['mean'], margin, self.level)
 
 # %% ../nbs/00a_compare.ipynb #53724512
 def compare(run:Callable[[str, int], float|dict], arms:Iterable[str], seeds:Iterable[int],
@@ -144,11 +154,14 @@ def compare(run:Callable[[str, int], float|dict], arms:Iterable[str], seeds:Iter
     arms, seeds = list(arms), list(seeds)
     if len(set(arms)) != len(arms): raise ValueError(f'compare: arms must be distinct, got {arms}')
     if not seeds: raise ValueError('compare: give at least one seed')
-    out = [(a, s, run(a, s)) for s in seeds for a in arms]
-    if not isinstance(out[0][2], dict):
-        return Comparison(pd.DataFrame([[r for a, s, r in out if s == seed] for seed in seeds], index=pd.Index(seeds, name='seed'),
-                                       columns=pd.Index(arms, name='arm'), dtype=float), metric, bool(higher_is_better), level)
-    hib = higher_is_better if isinstance(higher_is_better, dict) else {}
-    records = [dict(arm=a, seed=s, **r) for a, s, r in out]
-    return {m: Comparison.from_records(records, m, higher_is_better=hib.get(m, bool(higher_is_better) if not hib else True), level=level)
-            .reorder(arms) for m in out[0][2]}
+    runs = [(a, s, run(a, s)) for s in seeds for a in arms]
+    if not isinstance(runs[0][2], dict):
+        table = pd.DataFrame([[r for a, s, r in runs if s == seed] for seed in seeds], dtype=float,
+                             index=pd.Index(seeds, name='seed'), columns=pd.Index(arms, name='arm'))
+        return Comparison(table, metric, bool(higher_is_better), level)
+    per_metric = higher_is_better if isinstance(higher_is_better, dict) else {}
+    default = True if per_metric else bool(higher_is_better)
+    records = [dict(arm=a, seed=s, **r) for a, s, r in runs]
+    def by_metric(m):
+        return Comparison.from_records(records, m, higher_is_better=per_metric.get(m, default), level=level)
+    return {m: by_metric(m).reorder(arms) for m in runs[0][2]}

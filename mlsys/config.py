@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #a25dbb41
 from __future__ import annotations
-import hashlib, json, logging, os, platform, random, subprocess, sys, time
+import hashlib, json, logging, os, platform, random, statistics, subprocess, sys, time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # %% auto #0
 __all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'write_json', 'SettingsError', 'Settings',
-           'explain', 'validated', 'load_settings', 'seed_everything', 'stable_hash', 'frame_hash', 'package_versions',
-           'lineage', 'model_lineage', 'get_logger', 'progress']
+           'explain', 'validated', 'load_settings', 'seed_everything', 'measure', 'stable_hash', 'frame_hash',
+           'package_versions', 'lineage', 'model_lineage', 'get_logger', 'progress']
 
 # %% ../nbs/00_config.ipynb #85d1b4f4
 WORKSPACE_DIRS = ('lake', 'features', 'models', 'predictions', 'runs', 'tracking', 'monitoring', 'bench')
@@ -37,15 +37,18 @@ class Workspace:
 # %% ../nbs/00_config.ipynb #2274ce4c
 def atomic_write(path:str|Path, data:str|bytes) -> Path:
     "Write `data` to `path` through a temporary sibling and an atomic rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
         with open(tmp, 'wb') as f:
             f.write(data.encode() if isinstance(data, str) else data)
-            f.flush(); os.fsync(f.fileno())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True); raise
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 def write_json(path:str|Path, obj:Any) -> Path:
@@ -65,7 +68,8 @@ class Settings(BaseModel):
     scenario: Literal['fraud'] = Field('fraud', description='which running example `mlsys run` builds')
     log_level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR'] = 'INFO'
     progress: Literal['auto', 'bar', 'log', 'off'] = Field('auto', description='progress bars, log lines or nothing')
-    accelerator: Literal['auto', 'cpu', 'gpu'] = Field('auto', description='where training runs; auto picks a GPU when there is one')
+    accelerator: Literal['auto', 'cpu', 'gpu'] = Field(
+        'auto', description='where training runs; auto picks a GPU when there is one')
     devices: int|Literal['auto'] = Field('auto', description='devices per node for training; more than one means DDP')
     num_nodes: int = Field(1, ge=1, description='machines taking part in distributed training')
 
@@ -85,14 +89,15 @@ def explain(e:ValidationError, source:Mapping[str,str]|None=None) -> str:
 
 # %% ../nbs/00_config.ipynb #630e14b4
 def validated(cls:type[BaseModel], # the pydantic model to build
-              error:type[Exception]=ValueError, # raised, with `explain`'s message, instead of pydantic's `ValidationError`
+              error:type[Exception]=ValueError, # raised with `explain`'s message instead of `ValidationError`
               prefix:str|None=None) -> Callable[..., BaseModel]: # start of the message; default `invalid <cls name>`
     "A constructor of `cls` from keywords that raises `error` naming each bad field, its value and its rule."
     prefix = prefix or f'invalid {cls.__name__}'
     def make(**kw) -> BaseModel:
         try: return cls(**kw)
         except ValidationError as e: raise error(f'{prefix}: {explain(e)}') from None
-    make.__doc__ = f'A `{cls.__name__}` from keywords; a `{error.__name__}` names each bad field, its value and its rule.'
+    make.__doc__ = (f'A `{cls.__name__}` from keywords; a `{error.__name__}` '
+                    'names each bad field, its value and its rule.')
     return make
 
 # %% ../nbs/00_config.ipynb #efbc0767
@@ -103,8 +108,10 @@ def _env_layer(environ:Mapping[str,str]) -> dict:
 def _read_yaml(path:Path) -> dict:
     try: data = yaml.safe_load(path.read_text()) or {}
     except OSError as e: raise SettingsError(f'settings file {path}: cannot be read ({e.strerror})') from None
-    except yaml.YAMLError as e: raise SettingsError(f'settings file {path}: not valid YAML ({str(e).splitlines()[0]})') from None
-    if not isinstance(data, dict): raise SettingsError(f'settings file {path}: must be a mapping of key: value, got {type(data).__name__}')
+    except yaml.YAMLError as e:
+        raise SettingsError(f'settings file {path}: not valid YAML ({str(e).splitlines()[0]})') from None
+    if not isinstance(data, dict):
+        raise SettingsError(f'settings file {path}: must be a mapping of key: value, got {type(data).__name__}')
     return data
 
 # %% ../nbs/00_config.ipynb #087d2d48
@@ -125,7 +132,8 @@ def load_settings(path:str|Path|None=None, # YAML file; default `$MLSYS_CONFIG`,
 # %% ../nbs/00_config.ipynb #03249c90
 def seed_everything(seed:int) -> int:
     "Seed `random`, NumPy and (when installed) PyTorch with `seed`; return it."
-    random.seed(seed); np.random.seed(seed % 2**32)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     os.environ['PYTHONHASHSEED'] = str(seed)
     if 'torch' in sys.modules or _installed('torch'):
         import torch
@@ -135,6 +143,18 @@ def seed_everything(seed:int) -> int:
 def _installed(pkg:str) -> bool:
     from importlib.util import find_spec
     return find_spec(pkg) is not None
+
+# %% ../nbs/00_config.ipynb #faf39562
+def measure(fn:Callable, repeat:int=5, warmup:int=1) -> dict:
+    "Run `fn` `warmup` times unrecorded, then `repeat` times; median, min and max seconds."
+    for _ in range(warmup): fn()
+    seconds = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - t0)
+    return {'median_s': round(statistics.median(seconds), 5), 'min_s': round(min(seconds), 5),
+            'max_s': round(max(seconds), 5), 'repeat': repeat}
 
 # %% ../nbs/00_config.ipynb #9ed55e19
 def stable_hash(obj:Any) -> str:
@@ -149,11 +169,13 @@ def frame_hash(df) -> str:
     return h.hexdigest()[:16]
 
 # %% ../nbs/00_config.ipynb #2d297f5e
-LINEAGE_PACKAGES = ('mlsys', 'numpy', 'pandas', 'pyarrow', 'pandera', 'papermill', 'feast', 'torch', 'lightning', 'optuna', 'wandb', 'alibi-detect', 'scikit-learn')
+LINEAGE_PACKAGES = ('mlsys', 'numpy', 'pandas', 'pyarrow', 'pandera', 'papermill', 'feast',
+                    'torch', 'lightning', 'optuna', 'wandb', 'alibi-detect', 'scikit-learn')
 
 def _git(*args, cwd=None) -> str|None:
-    try: return subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    try: done = subprocess.run(['git', *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True)
     except (OSError, subprocess.SubprocessError): return None
+    return done.stdout.strip()
 
 def package_versions(names:Iterable[str]=LINEAGE_PACKAGES) -> dict:
     "Installed versions of `names` (`None` for those not installed)."
@@ -181,14 +203,15 @@ def lineage(config:Mapping|None=None, # settings and parameters that shaped the 
 def model_lineage(run:Mapping|None=None, # the run's `lineage` record; None: this process's code and environment
                   recipe:Mapping|None=None, # the training recipe's parameters
                   recipe_source:str='', # where the recipe came from
-                  rebuild_command:str='mlsys run --to train', # the command that reproduces the model, without its parameters
+                  rebuild_command:str='mlsys run --to train', # the command rebuilding the model, without its parameters
                   rebuild_params:Mapping|None=None, # the command's `-p` parameters
                   data_hashes:Mapping[str,str]|None=None, # more inputs, added to the run's
                   **extra) -> dict: # run_id, train_config, as_of, trigger, ...: recorded as given
-    "The lineage of a model version: a run's lineage, the recipe and its source, and the command that rebuilds the model."
+    "A model version's lineage: its run's lineage, the recipe and where it came from, the command that rebuilds it."
     base = dict(run) if run is not None else lineage()
-    return {**base, **extra, 'data_hashes': {**base.get('data_hashes', {}), **(data_hashes or {})}, 'recipe': dict(recipe or {}),
-            'recipe_source': recipe_source, 'rebuild_command': rebuild_command, 'rebuild_params': dict(rebuild_params or {})}
+    return {**base, **extra, 'data_hashes': {**base.get('data_hashes', {}), **(data_hashes or {})},
+            'recipe': dict(recipe or {}), 'recipe_source': recipe_source, 'rebuild_command': rebuild_command,
+            'rebuild_params': dict(rebuild_params or {})}
 
 # %% ../nbs/00_config.ipynb #567bf25f
 _FMT = '%(asctime)s %(levelname)-7s %(name)s: %(message)s'
@@ -198,8 +221,10 @@ def get_logger(name:str='mlsys', level:str|None=None) -> logging.Logger:
     log = logging.getLogger(name)
     root = logging.getLogger('mlsys')
     if not root.handlers:
-        h = logging.StreamHandler(sys.stderr); h.setFormatter(logging.Formatter(_FMT, '%H:%M:%S'))
-        root.addHandler(h); root.propagate = False
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FMT, '%H:%M:%S'))
+        root.addHandler(handler)
+        root.propagate = False
     root.setLevel(level or os.environ.get('MLSYS_LOG_LEVEL', 'INFO'))
     return log
 
@@ -220,7 +245,8 @@ def progress(it:Iterable, desc:str='', total:int|None=None, logger:logging.Logge
     mode = _progress_mode()
     if mode == 'bar':
         from tqdm.auto import tqdm
-        yield from tqdm(it, desc=desc, total=total); return
+        yield from tqdm(it, desc=desc, total=total)
+        return
     total = total if total is not None else (len(it) if hasattr(it, '__len__') else None)
     log, t0, next_pct = logger or get_logger(), time.perf_counter(), 0
     for i, x in enumerate(it, 1):

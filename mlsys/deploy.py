@@ -34,24 +34,32 @@ class RouteConfig(BaseModel):
     model_config = ConfigDict(extra='forbid', frozen=True)
     model: str = Field('fraud', min_length=1, description='registry model name')
     mode: Literal[MODES] = 'single'
-    champion: str = Field('production', pattern=_REF, description="registry ref: a version number, 'production', 'staging' or 'latest'")
-    challenger: str|None = Field(None, pattern=_REF, description='registry ref of the challenger; required in every mode but single')
-    share: float = Field(0.05, ge=0, le=1, description='canary: share of users on the challenger; ab: share of users in arm B')
+    champion: str = Field('production', pattern=_REF,
+                          description="registry ref: a version number, 'production', 'staging' or 'latest'")
+    challenger: str|None = Field(None, pattern=_REF,
+                                 description='registry ref of the challenger; required in every mode but single')
+    share: float = Field(0.05, ge=0, le=1,
+                         description='canary: share of users on the challenger; ab: share of users in arm B')
     salt: str = Field('mlsys', min_length=1, description='hash salt; a new salt re-randomises who lands in which arm')
-    live: Literal['champion', 'challenger'] = Field('champion', description='blue_green: the colour that takes all traffic')
+    live: Literal['champion', 'challenger'] = Field('champion',
+                                                    description='blue_green: the colour that takes all traffic')
     max_error_rate: float = Field(0.02, ge=0, le=1, description='roll back above this challenger error rate')
     max_p99_ms: float = Field(250.0, gt=0, description='roll back above this challenger p99 latency (ms)')
-    max_psi: float = Field(0.25, gt=0, description="roll back above this PSI of the challenger's scores against the champion's")
-    min_requests: int = Field(200, ge=1, description='no trigger fires before the challenger has this many requests in its window')
+    max_psi: float = Field(0.25, gt=0,
+                           description="roll back above this PSI of the challenger's scores against the champion's")
+    min_requests: int = Field(200, ge=1,
+                              description='no trigger fires before the challenger has this many requests in its window')
     window: int = Field(2000, ge=1, description='requests per arm in the sliding windows')
 
     @model_validator(mode='after')
     def _check(self):
         if self.mode != 'single' and self.challenger is None:
-            raise ValueError(f"challenger=None: mode={self.mode!r} needs a challenger (a version number, 'staging' or 'latest')")
+            raise ValueError(f"challenger=None: mode={self.mode!r} needs a "
+                             "challenger (a version number, 'staging' or 'latest')")
         if self.challenger is not None and self.challenger == self.champion:
             raise ValueError(f'challenger={self.challenger!r}: must differ from champion={self.champion!r}')
-        if self.window < self.min_requests: raise ValueError(f'window={self.window}: must be at least min_requests={self.min_requests}')
+        if self.window < self.min_requests:
+            raise ValueError(f'window={self.window}: must be at least min_requests={self.min_requests}')
         return self
 
 route_config = validated(RouteConfig, DeployError, 'invalid route')
@@ -59,7 +67,7 @@ route_config = validated(RouteConfig, DeployError, 'invalid route')
 # %% ../nbs/09_deploy.ipynb #26dd39b1
 def bucket(key:str, # the randomisation unit, e.g. a user id
            salt:str='mlsys') -> float: # where `key` lands, uniform in [0, 1)
-    "Position of `key` in [0, 1): the top 53 bits of the BLAKE2b hash of `salt` and `key`; the same pair always lands in the same place."
+    "Where `key` lands in [0, 1): the top 53 bits of the BLAKE2b hash of `salt` and `key`; the same pair, same place."
     digest = hashlib.blake2b(f'{salt}\x1f{key}'.encode(), digest_size=8).digest()
     return (int.from_bytes(digest, 'big') >> 11) / 9007199254740992.0   # 2**53: every float is exact, none reaches 1
 
@@ -73,10 +81,11 @@ def buckets(keys:Sequence[str], salt:str='mlsys') -> np.ndarray:
 def _now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%S%z')
 
 class Router:
-    "Routes requests between the champion and the challenger by `config`; every change is validated, atomic and logged in `events`."
+    "Routes requests between champion and challenger by `config`; each change is validated, atomic, logged in `events`."
     def __init__(self, config:RouteConfig|None=None, events:list[dict]|None=None,
                  path:str|Path|None=None): # when given, the router is saved there after every change
-        self.config, self.events, self.path, self._lock = config or RouteConfig(), list(events or []), path, threading.Lock()
+        self.config, self.events = config or RouteConfig(), list(events or [])
+        self.path, self._lock = path, threading.Lock()
 
     def serve_challenger(self, keys:Sequence[str]) -> np.ndarray:
         "For each request (by its randomisation key), whether the answer returned comes from the challenger."
@@ -103,7 +112,8 @@ class Router:
 @patch
 def _swap(self:Router, action:str, reason:str|None, changes:Callable[[RouteConfig], dict]) -> RouteConfig:
     with self._lock:
-        old = self.config; ch = changes(old)
+        old = self.config
+        ch = changes(old)
         new = validated(RouteConfig, DeployError, f'{action} refused')(**{**old.model_dump(), **ch})
         diff = {k: [getattr(old, k), v] for k, v in ch.items() if getattr(old, k) != v}
         if not diff: return old
@@ -121,7 +131,8 @@ def update(self:Router, reason:str|None=None, **changes) -> RouteConfig:
 def switch(self:Router, reason:str|None=None) -> RouteConfig:
     "Blue-green: send all traffic to the other colour; calling it again switches back."
     def flip(old):
-        if old.mode != 'blue_green': raise DeployError(f"switch needs mode='blue_green'; mode={old.mode!r}: use update or rollback")
+        if old.mode != 'blue_green':
+            raise DeployError(f"switch needs mode='blue_green'; mode={old.mode!r}: use update or rollback")
         return {'live': 'challenger' if old.live == 'champion' else 'champion'}
     return self._swap('switch', reason, flip)
 
@@ -152,12 +163,14 @@ def load(cls:Router, path:str|Path, autosave:bool=True) -> Router:
 def psi(expected, # reference sample, e.g. the champion's scores
         actual, # sample to compare, e.g. the challenger's scores
         bins:int=10, eps:float=1e-4) -> float:
-    "Population stability index of `actual` against `expected`, over quantile bins of `expected`, each share smoothed by `eps`."
+    "Population stability index of `actual` against `expected`, over quantile bins of `expected`, smoothed by `eps`."
     e, a = (np.asarray(x, dtype=float).ravel() for x in (expected, actual))
     e, a = np.sort(e[np.isfinite(e)]), np.sort(a[np.isfinite(a)])
-    if len(e) == 0 or len(a) == 0: raise DeployError(f'psi needs finite values in both samples; got {len(e)} expected and {len(a)} actual')
+    if len(e) == 0 or len(a) == 0:
+        raise DeployError(f'psi needs finite values in both samples; got {len(e)} expected and {len(a)} actual')
     if bins < 2: raise DeployError(f'bins={bins}: must be at least 2')
-    edges = np.unique(e[np.maximum(np.arange(1, bins) * len(e) // bins - 1, 0)])   # upper ends of equal-count bins of `expected`; ties merge bins
+    # upper ends of equal-count bins of `expected`; ties merge bins
+    edges = np.unique(e[np.maximum(np.arange(1, bins) * len(e) // bins - 1, 0)])
     def share(x):   # share of sorted `x` per bin (lo, hi], smoothed
         c = np.diff(np.concatenate(([0], np.searchsorted(x, edges, side='right'), [len(x)]))) / len(x)
         return (c + eps) / (1 + eps * len(c))
@@ -169,8 +182,11 @@ class _Ring:
     "The last `size` values pushed, in a preallocated array (order is not kept: only the set matters)."
     def __init__(self, size:int): self.buf, self.n, self.i = np.zeros(size), 0, 0
     def push(self, x):
-        x = np.asarray(x, dtype=float).ravel()[-len(self.buf):]; k, size = len(x), len(self.buf)
-        head = min(k, size - self.i); self.buf[self.i:self.i + head] = x[:head]; self.buf[:k - head] = x[head:]   # wrap around
+        x = np.asarray(x, dtype=float).ravel()[-len(self.buf):]
+        k, size = len(x), len(self.buf)
+        head = min(k, size - self.i)
+        self.buf[self.i:self.i + head] = x[:head]
+        self.buf[:k - head] = x[head:]  # wrap around
         self.i, self.n = (self.i + k) % size, min(self.n + k, size)
     def values(self) -> np.ndarray: return self.buf[:self.n]   # filled from the start until full, then all of it
 
@@ -178,14 +194,17 @@ class _Ring:
 class Guard:
     "Sliding windows per arm ('champion'/'challenger') of errors, latencies and scores; decides automatic rollback."
     def __init__(self, config:RouteConfig, # limits, `min_requests` and `window`
-                 reference:Sequence[float]|None=None): # fixed champion scores to compare with, instead of the champion's live window
-        self._lock = threading.Lock(); self.reference = None if reference is None else np.asarray(reference, dtype=float)
-        self.config = config; self.reset(config)
+                 reference:Sequence[float]|None=None): # fixed scores to compare with, not the champion's window
+        self._lock = threading.Lock()
+        self.reference = None if reference is None else np.asarray(reference, dtype=float)
+        self.config = config
+        self.reset(config)
 
     def reset(self, config:RouteConfig|None=None):
         "Empty every window (after a rollback or a new challenger), optionally with a new `config`."
         with self._lock:
-            self.config = config or self.config; w = self.config.window
+            self.config = config or self.config
+            w = self.config.window
             self._win = {a: {k: _Ring(w) for k in ('latency', 'error', 'score')} for a in ARMS}
             self.total = dict.fromkeys(ARMS, 0)
 
@@ -193,16 +212,21 @@ class Guard:
                latency_ms:float|Sequence[float], # per request, or one value for the whole batch
                error:bool|Sequence[bool]=False, # per request, or one value for the whole batch
                scores:Sequence[float]|None=None): # the scores returned (non-finite ones are ignored)
-        "Add a batch of requests served (or shadow-scored) by `arm` to its windows; the batch has as many requests as the longest argument."
+        "Add a batch served (or shadow-scored) by `arm` to its windows: one request per value of the longest argument."
         if arm not in ARMS: raise DeployError(f"arm={arm!r}: must be 'champion' or 'challenger'")
         lat, err = np.atleast_1d(np.asarray(latency_ms, dtype=float)), np.atleast_1d(np.asarray(error, dtype=bool))
         sc = None if scores is None else np.atleast_1d(np.asarray(scores, dtype=float))
         n = max(len(lat), len(err), 0 if sc is None else len(sc))
         if len(lat) not in (1, n) or len(err) not in (1, n):
-            raise DeployError(f'latency_ms has {len(lat)} values, error {len(err)} and scores {0 if sc is None else len(sc)}: give one per request, or one for the batch')
-        if not (np.isfinite(lat) & (lat >= 0)).all(): raise DeployError(f'latency_ms={lat[~(np.isfinite(lat) & (lat >= 0))][:3].tolist()}: must be finite and >= 0')
+            raise DeployError(f'latency_ms has {len(lat)} values, error {len(err)} and scores '
+                              f'{0 if sc is None else len(sc)}: give one per request, or one for the batch')
+        if not (np.isfinite(lat) & (lat >= 0)).all():
+            raise DeployError(f'latency_ms={lat[~(np.isfinite(lat) & (lat >= 0))][:3].tolist()}: '
+                              'must be finite and >= 0')
         with self._lock:
-            w = self._win[arm]; w['latency'].push(lat if len(lat) == n else np.full(n, lat[0])); w['error'].push(err if len(err) == n else np.full(n, err[0]))
+            w = self._win[arm]
+            w['latency'].push(lat if len(lat) == n else np.full(n, lat[0]))
+            w['error'].push(err if len(err) == n else np.full(n, err[0]))
             if sc is not None: w['score'].push(sc[np.isfinite(sc)])
             self.total[arm] += n
 
@@ -210,11 +234,12 @@ class Guard:
 def _p99(x:np.ndarray) -> float|None:
     "Nearest-rank 99th percentile (a partial sort: several times faster than `np.percentile` on a window)."
     if len(x) == 0: return None
-    k = max(math.ceil(0.99 * len(x)) - 1, 0); return float(np.partition(x, k)[k])
+    k = max(math.ceil(0.99 * len(x)) - 1, 0)
+    return float(np.partition(x, k)[k])
 
 @patch
 def stats(self:Guard) -> dict:
-    "Per arm: requests in the window and in total, error rate, p99 latency, scores held; and the challenger's PSI (None until both sides hold `min_requests` scores)."
+    "Per arm: window and total requests, error rate, p99 latency, scores held; and the challenger's PSI (or None)."
     with self._lock:
         out = {}
         for a in ARMS:
@@ -226,48 +251,65 @@ def stats(self:Guard) -> dict:
         out['psi'] = psi(exp, act) if len(exp) >= m and len(act) >= m else None
     return out
 
+# %% ../nbs/09_deploy.ipynb #2f3b232a
 @patch
 def check(self:Guard) -> list[str]:
     "Reasons to roll the challenger back (empty when healthy, or before it has `min_requests` in its window)."
-    s, c = self.stats(), self.config; ch = s['challenger']; n = ch['requests']
+    s, c = self.stats(), self.config
+    ch = s['challenger']
+    n = ch['requests']
     if n < c.min_requests: return []
     vs, out = 'the reference' if self.reference is not None else 'the champion', []
-    if ch['error_rate'] > c.max_error_rate: out.append(f"challenger error rate {ch['error_rate']:.2%} > max_error_rate {c.max_error_rate:.2%} over its last {n} requests")
-    if ch['p99_ms'] > c.max_p99_ms: out.append(f"challenger p99 latency {ch['p99_ms']:.1f} ms > max_p99_ms {c.max_p99_ms:g} ms over its last {n} requests")
-    if s['psi'] is not None and s['psi'] > c.max_psi: out.append(f"PSI of challenger scores vs {vs} {s['psi']:.3f} > max_psi {c.max_psi:g} ({ch['scores']} challenger scores)")
+    if ch['error_rate'] > c.max_error_rate:
+        out.append(f"challenger error rate {ch['error_rate']:.2%} > max_error_rate "
+                   f"{c.max_error_rate:.2%} over its last {n} requests")
+    if ch['p99_ms'] > c.max_p99_ms:
+        out.append(f"challenger p99 latency {ch['p99_ms']:.1f} ms > max_p99_ms "
+                   f"{c.max_p99_ms:g} ms over its last {n} requests")
+    if s['psi'] is not None and s['psi'] > c.max_psi:
+        out.append(f"PSI of challenger scores vs {vs} {s['psi']:.3f} > "
+                   f"max_psi {c.max_psi:g} ({ch['scores']} challenger scores)")
     return out
 
 def enforce(router:Router, guard:Guard) -> list[str]:
-    "Check `guard`; on any reason roll `router` back to the champion (logging the reasons) and empty the guard's windows. Returns the reasons."
+    "Check `guard`; on any reason roll `router` back to the champion (logging why) and empty the guard; the reasons."
     if not router.needs_challenger(): return []
     reasons = guard.check()
-    if reasons: router.rollback('; '.join(reasons)); guard.reset(router.config)
+    if reasons:
+        router.rollback('; '.join(reasons))
+        guard.reset(router.config)
     return reasons
 
 # %% ../nbs/09_deploy.ipynb #4590132a
-def replay(router:Router, guard:Guard, requests:pd.DataFrame, # requests in arrival order, with the scorers' inputs and `key`
-           scorers:Mapping[str, Callable[[pd.DataFrame], Sequence[float]]], # 'champion' (and 'challenger' unless single): rows -> scores
+def replay(router:Router, guard:Guard,
+           requests:pd.DataFrame, # requests in arrival order, with the scorers' inputs and `key`
+           scorers:Mapping[str, Callable[[pd.DataFrame], Sequence[float]]], # 'champion' (and 'challenger'): scores
            key:str='user_id', batch_size:int=100) -> pd.DataFrame:
-    "Route `requests` batch by batch through `router` and `guard`; one row per request: mode, arm served, each arm's score, PSI, and any rollback."
+    "Route `requests` by batches through `router` and `guard`; per request: mode, arm, each arm's score, PSI, rollback."
     out = []
     for lo in range(0, len(requests), batch_size):
-        b = requests.iloc[lo:lo + batch_size]; n, cfg = len(b), router.config
+        b = requests.iloc[lo:lo + batch_size]
+        n, cfg = len(b), router.config
         to_ch = router.serve_challenger(b[key].astype(str).tolist())
         runs = {'champion': ~to_ch, 'challenger': np.ones(n, bool) if cfg.mode == 'shadow' else to_ch}
         got = {a: np.full(n, np.nan) for a in ARMS}
         for arm, m in runs.items():
             if not m.any(): continue
             t0 = time.perf_counter()
-            try: s = np.asarray(scorers[arm](b[m]), dtype=float); ok = len(s) == m.sum()
+            try:
+                s = np.asarray(scorers[arm](b[m]), dtype=float)
+                ok = len(s) == m.sum()
             except Exception: ok = False
             guard.record(arm, (time.perf_counter() - t0) * 1000, np.full(m.sum(), not ok), s if ok else None)
             if ok: got[arm][m] = s
         fell_back = to_ch & np.isnan(got['challenger'])
         if fell_back.any(): got['champion'][fell_back] = np.asarray(scorers['champion'](b[fell_back]), dtype=float)
         served = to_ch & ~fell_back
-        psi_now = guard.stats()['psi']; reasons = enforce(router, guard)
+        psi_now = guard.stats()['psi']
+        reasons = enforce(router, guard)
         out.append(pd.DataFrame({'request': np.arange(lo, lo + n), key: b[key].to_numpy(), 'mode': cfg.mode,
-                                 'arm': np.where(served, 'challenger', 'champion'), 'score': np.where(served, got['challenger'], got['champion']),
+                                 'arm': np.where(served, 'challenger', 'champion'),
+                                 'score': np.where(served, got['challenger'], got['champion']),
                                  'champion_score': got['champion'], 'challenger_score': got['challenger'],
                                  'psi': np.nan if psi_now is None else psi_now, 'rollback': bool(reasons)}))
     return pd.concat(out, ignore_index=True)
@@ -281,29 +323,43 @@ def _counts(**kw) -> dict:
     out = {k: np.asarray(v, dtype=float) for k, v in kw.items()}
     for s in ('a', 'b'):
         x, n = out[f'x_{s}'], out[f'n_{s}']
-        if (n <= 0).any() or (x < 0).any() or (x > n).any(): raise DeployError(f'x_{s}={x.tolist()} of n_{s}={n.tolist()}: need n > 0 and 0 <= x <= n')
+        if (n <= 0).any() or (x < 0).any() or (x > n).any():
+            raise DeployError(f'x_{s}={x.tolist()} of n_{s}={n.tolist()}: need n > 0 and 0 <= x <= n')
     return out
 
 def two_proportion_test(x_a:int, n_a:int, # successes and trials in arm A (the champion)
                         x_b:int, n_b:int, # successes and trials in arm B (the challenger)
-                        alpha:float=0.05) -> dict: # `p_a`, `p_b`, `diff` (B - A), `z`, two-sided `p_value`, `ci95` of the diff, `significant`
-    "Two-sided z-test of equal proportions (pooled standard error), with a Wald 95% interval of the difference; arrays give arrays."
-    c = _counts(x_a=x_a, n_a=n_a, x_b=x_b, n_b=n_b); ndtr, _ = _norm()
-    pa, pb = c['x_a'] / c['n_a'], c['x_b'] / c['n_b']; pool = (c['x_a'] + c['x_b']) / (c['n_a'] + c['n_b'])
-    se0 = np.sqrt(pool * (1 - pool) * (1 / c['n_a'] + 1 / c['n_b'])); se = np.sqrt(pa * (1 - pa) / c['n_a'] + pb * (1 - pb) / c['n_b'])
-    z = np.divide(pb - pa, se0, out=np.zeros_like(se0), where=se0 > 0); p = 2 * ndtr(-np.abs(z))
+                        alpha:float=0.05) -> dict: # `p_a`, `p_b`, `diff` (B - A), `z`, `p_value`, `ci95`, `significant`
+    "Two-sided z-test of equal proportions (pooled standard error), Wald 95% interval of the difference; vectorised."
+    c = _counts(x_a=x_a, n_a=n_a, x_b=x_b, n_b=n_b)
+    ndtr, _ = _norm()
+    pa, pb = c['x_a'] / c['n_a'], c['x_b'] / c['n_b']
+    pool = (c['x_a'] + c['x_b']) / (c['n_a'] + c['n_b'])
+    se0 = np.sqrt(pool * (1 - pool) * (1 / c['n_a'] + 1 / c['n_b']))
+    se = np.sqrt(pa * (1 - pa) / c['n_a'] + pb * (1 - pb) / c['n_b'])
+    z = np.divide(pb - pa, se0, out=np.zeros_like(se0), where=se0 > 0)
+    p = 2 * ndtr(-np.abs(z))
     f = (lambda v: float(v)) if np.ndim(z) == 0 else (lambda v: v)
     return {'p_a': f(pa), 'p_b': f(pb), 'diff': f(pb - pa), 'z': f(z), 'p_value': f(p),
-            'ci95': (f(pb - pa - 1.959963984540054 * se), f(pb - pa + 1.959963984540054 * se)), 'significant': p < alpha if np.ndim(p) else bool(p < alpha)}
+            'ci95': (f(pb - pa - 1.959963984540054 * se), f(pb - pa + 1.959963984540054 * se)),
+            'significant': p < alpha if np.ndim(p) else bool(p < alpha)}
 
+# %% ../nbs/09_deploy.ipynb #0966c4d6
 def sample_size(p_base:float, # rate in arm A
                 mde:float, # smallest absolute difference worth detecting (p_b = p_base + mde)
                 alpha:float=0.05, power:float=0.8) -> int: # users (or transactions) per arm
     "Per-arm sample size of a two-sided two-proportion z-test that detects `mde` with `power` at level `alpha`."
-    if not 0 < p_base < 1 or not 0 < p_base + mde < 1 or mde == 0: raise DeployError(f'p_base={p_base}, mde={mde}: need 0 < p_base < 1, mde != 0 and 0 < p_base + mde < 1')
-    if not 0 < alpha < 1 or not 0 < power < 1: raise DeployError(f'alpha={alpha}, power={power}: both must lie in (0, 1)')
-    _, ndtri = _norm(); p2 = p_base + mde; pbar = (p_base + p2) / 2
-    n = (ndtri(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar)) + ndtri(power) * math.sqrt(p_base * (1 - p_base) + p2 * (1 - p2))) ** 2 / mde ** 2
+    if not 0 < p_base < 1 or not 0 < p_base + mde < 1 or mde == 0:
+        raise DeployError(f'p_base={p_base}, mde={mde}: need 0 < p_base < 1, mde != 0 and 0 < p_base + mde < 1')
+    if not 0 < alpha < 1 or not 0 < power < 1:
+        raise DeployError(f'alpha={alpha}, power={power}: both must lie in (0, 1)')
+    _, ndtri = _norm()
+    p2 = p_base + mde
+    pbar = (p_base + p2) / 2
+    n = (
+        ndtri(1 - alpha / 2) * math.sqrt(2 * pbar * (1 - pbar))
+        + ndtri(power) * math.sqrt(p_base * (1 - p_base) + p2 * (1 - p2))
+    ) ** 2 / mde**2
     return math.ceil(n)
 
 # %% ../nbs/09_deploy.ipynb #050dcedc
@@ -311,18 +367,26 @@ def sequential_test(x_a, n_a, # cumulative successes and trials of arm A at each
                     x_b, n_b, # the same for arm B
                     alpha:float=0.05, # probability of ever stopping when there is no difference
                     tau:float=0.01, # standard deviation of the normal mixture over the difference p_b - p_a
-                   ) -> dict: # `decision`, `look` (first crossing or None), counts and `diff` there, always-valid `p_value`, `log_lr` per look
-    "Mixture SPRT for p_b - p_a = 0 over a sequence of looks: stops at the first look where the likelihood ratio reaches 1/alpha."
+                   ) -> dict: # `decision`, `look` (first crossing or None), counts and `diff` there, `p_value`, ...
+    "Mixture SPRT of p_b - p_a = 0 over looks: stops at the first look where the likelihood ratio reaches 1/alpha."
     c = _counts(x_a=np.atleast_1d(x_a), n_a=np.atleast_1d(n_a), x_b=np.atleast_1d(x_b), n_b=np.atleast_1d(n_b))
-    if len({v.shape for v in c.values()}) != 1 or c['x_a'].ndim != 1: raise DeployError(f'x_a, n_a, x_b, n_b must be 1-d and of the same length; got shapes {[v.shape for v in c.values()]}')
-    if (np.diff(c['n_a']) < 0).any() or (np.diff(c['n_b']) < 0).any(): raise DeployError('n_a and n_b must be cumulative (never decreasing)')
+    if len({v.shape for v in c.values()}) != 1 or c['x_a'].ndim != 1:
+        raise DeployError('x_a, n_a, x_b, n_b must be 1-d and of the same '
+                          f'length; got shapes {[v.shape for v in c.values()]}')
+    if (np.diff(c['n_a']) < 0).any() or (np.diff(c['n_b']) < 0).any():
+        raise DeployError('n_a and n_b must be cumulative (never decreasing)')
     if not 0 < alpha < 1 or tau <= 0: raise DeployError(f'alpha={alpha}, tau={tau}: need 0 < alpha < 1 and tau > 0')
-    d = c['x_b'] / c['n_b'] - c['x_a'] / c['n_a']; pool = (c['x_a'] + c['x_b']) / (c['n_a'] + c['n_b'])
-    V = pool * (1 - pool) * (1 / c['n_a'] + 1 / c['n_b']); t2 = tau ** 2
+    d = c['x_b'] / c['n_b'] - c['x_a'] / c['n_a']
+    pool = (c['x_a'] + c['x_b']) / (c['n_a'] + c['n_b'])
+    V = pool * (1 - pool) * (1 / c['n_a'] + 1 / c['n_b'])
+    t2 = tau ** 2
     with np.errstate(divide='ignore', invalid='ignore'):
-        llr = np.where(V > 0, 0.5 * np.log(V / (V + t2)) + t2 * d ** 2 / (2 * V * (V + t2)), 0.0)   # no successes yet: no evidence
-    crossed = np.flatnonzero(llr >= math.log(1 / alpha)); look = int(crossed[0]) if len(crossed) else None
+        # no successes yet: no evidence
+        llr = np.where(V > 0, 0.5 * np.log(V / (V + t2)) + t2 * d ** 2 / (2 * V * (V + t2)), 0.0)
+    crossed = np.flatnonzero(llr >= math.log(1 / alpha))
+    look = int(crossed[0]) if len(crossed) else None
     i = look if look is not None else len(d) - 1
     p = np.minimum.accumulate(np.minimum(1.0, np.exp(-llr)))
     return {'decision': 'no decision' if look is None else ('B higher' if d[i] > 0 else 'B lower'), 'look': look,
-            'n_a': int(c['n_a'][i]), 'n_b': int(c['n_b'][i]), 'diff': float(d[i]), 'p_value': float(p[i]), 'log_lr': llr}
+            'n_a': int(c['n_a'][i]), 'n_b': int(c['n_b'][i]),
+            'diff': float(d[i]), 'p_value': float(p[i]), 'log_lr': llr}

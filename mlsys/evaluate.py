@@ -4,57 +4,73 @@
 
 # %% ../nbs/06_evaluate.ipynb #b67a56ad
 from __future__ import annotations
-import math, time
+import json, math, time, warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from .config import Workspace, get_logger, write_json
+
 # %% auto #0
-__all__ = ['MIN_POSITIVES', 'classification_metrics', 'bootstrap_ci', 'expected_calibration_error', 'reliability_diagram',
-           'recall_at_k', 'ndcg_at_k', 'mrr', 'mean_average_precision', 'add_slices', 'slice_report', 'worst_gap',
-           'plot_slices', 'Costs', 'expected_cost', 'choose_thresholds', 'GateResult', 'GateFailed', 'check_gates',
-           'gate_min_quality', 'gate_no_regression', 'gate_slice_gap', 'score', 'gate_latency', 'run_gates',
-           'gate_no_regression_paired']
+__all__ = ['MIN_POSITIVES', 'ON_INSUFFICIENT', 'classification_metrics', 'bootstrap_ci', 'expected_calibration_error',
+           'reliability_diagram', 'recall_at_k', 'ndcg_at_k', 'mrr', 'mean_average_precision', 'add_slices',
+           'slice_report', 'worst_gap', 'plot_slices', 'Costs', 'expected_cost', 'choose_thresholds', 'GateResult',
+           'GateFailed', 'check_gates', 'gate_min_quality', 'gate_no_regression', 'gate_slice_gap', 'score',
+           'gate_latency', 'run_gates', 'gate_no_regression_paired', 'judged_window', 'Evaluation',
+           'evaluate_candidate', 'evaluate_model']
 
 # %% ../nbs/06_evaluate.ipynb #53b0c651
 def _binary(y, p, need_both:bool=True) -> tuple[np.ndarray, np.ndarray]:
-    "`y` as 0/1 ints and `p` as floats, checked: same length, binary labels, finite scores, both classes when `need_both`."
+    "`y` as 0/1 ints and `p` as floats, checked: same length, binary labels, finite, both classes if `need_both`."
     y, p = np.asarray(y), np.asarray(p, dtype=float)
-    if y.ndim != 1 or p.shape != y.shape: raise ValueError(f'y and p must be 1-d arrays of the same length; got shapes {y.shape} and {p.shape}')
+    if y.ndim != 1 or p.shape != y.shape:
+        raise ValueError(f'y and p must be 1-d arrays of the same length; got shapes {y.shape} and {p.shape}')
     if len(y) == 0: raise ValueError('y and p are empty: there is nothing to evaluate')
-    if y.dtype != bool and not np.isin(y, (0, 1)).all(): raise ValueError(f'y must hold binary labels (0/1 or bool); found values {np.unique(y)[:5].tolist()}')
+    if y.dtype != bool and not np.isin(y, (0, 1)).all():
+        raise ValueError(f'y must hold binary labels (0/1 or bool); found values {np.unique(y)[:5].tolist()}')
     if not np.isfinite(p).all():
-        bad = np.flatnonzero(~np.isfinite(p)); raise ValueError(f'p has {len(bad)} NaN or infinite scores (first at position {bad[0]})')
+        bad = np.flatnonzero(~np.isfinite(p))
+        raise ValueError(f'p has {len(bad)} NaN or infinite scores (first at position {bad[0]})')
     y = y.astype(np.int64)
     if need_both and y.min() == y.max():
-        raise ValueError(f'y has one class only (all {len(y):,} labels are {y[0]}): AUROC and AUPRC need both positives and negatives')
+        raise ValueError(f'y has one class only (all {len(y):,} labels are {y[0]}): '
+                         'AUROC and AUPRC need both positives and negatives')
     return y, p
 
+# %% ../nbs/06_evaluate.ipynb #5ce2a73e
 def classification_metrics(y, # true labels, 0/1 or bool
                            p, # scores, higher = more likely positive
-                           thresholds:Sequence[float]=(0.5,), # thresholds for precision, recall and F1 (`p >= t` is positive)
+                           thresholds:Sequence[float]=(0.5,), # for precision, recall and F1 (`p >= t` is positive)
                           ) -> dict: # rows, positives, auroc, auprc, and `precision@t`, `recall@t`, `f1@t` for each `t`
     "Threshold-free and per-threshold metrics of scores `p` against labels `y`."
     y, p = _binary(y, p)
-    out = {'rows': len(y), 'positives': int(y.sum()), 'auroc': float(roc_auc_score(y, p)), 'auprc': float(average_precision_score(y, p))}
+    out = {'rows': len(y), 'positives': int(y.sum()), 'auroc': float(roc_auc_score(y, p)),
+           'auprc': float(average_precision_score(y, p))}
     for t in thresholds:
-        pred = p >= t; tp = int((pred & (y == 1)).sum()); flagged = int(pred.sum())
+        pred = p >= t
+        tp = int((pred & (y == 1)).sum())
+        flagged = int(pred.sum())
         prec, rec = (tp / flagged if flagged else 0.0), tp / out['positives']
-        out |= {f'precision@{t:g}': prec, f'recall@{t:g}': rec, f'f1@{t:g}': 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
+        out |= {f'precision@{t:g}': prec, f'recall@{t:g}': rec,
+                f'f1@{t:g}': 2 * prec * rec / (prec + rec) if prec + rec else 0.0}
     return out
 
 # %% ../nbs/06_evaluate.ipynb #820bb937
 def _slots(y:np.ndarray, p:np.ndarray) -> tuple[np.ndarray, int]:
-    "Slot of each row (ascending score): a group of tied scores with a positive, or a run of negatives between such groups."
-    order = np.argsort(p, kind='stable'); ps = p[order]
+    "Slot of each row (ascending score): tied scores with a positive, or a run of negatives between such groups."
+    order = np.argsort(p, kind='stable')
+    ps = p[order]
     group = np.cumsum(np.r_[True, ps[1:] != ps[:-1]]) - 1                     # tied scores share a group
     has_pos = np.bincount(group, y[order]) > 0
-    opens = has_pos | np.r_[True, has_pos[:-1]]                               # a slot opens at a group with a positive, or right after one
-    slot = np.empty(len(p), dtype=np.int64); slot[order] = (np.cumsum(opens) - 1)[group]
+    # a slot opens at a group with a positive, or right after one
+    opens = has_pos | np.r_[True, has_pos[:-1]]
+    slot = np.empty(len(p), dtype=np.int64)
+    slot[order] = (np.cumsum(opens) - 1)[group]
     return slot, int(opens.sum())
 
 def _draw_counts(rng, sizes:np.ndarray, b:int) -> np.ndarray:
@@ -83,17 +99,20 @@ def bootstrap_ci(metric:str|Callable, # 'auroc', 'auprc' (vectorised) or any `f(
     "Percentile-bootstrap confidence interval of `metric` on labels `y` and scores `p`."
     y, p = _binary(y, p)
     fn = _METRICS.get(metric, metric) if isinstance(metric, str) else metric
-    if not callable(fn): raise ValueError(f'unknown metric {metric!r}: use one of {list(_METRICS)} or a function f(y, p)')
+    if not callable(fn):
+        raise ValueError(f'unknown metric {metric!r}: use one of {list(_METRICS)} or a function f(y, p)')
     if n < 1 or not 0 < alpha < 1: raise ValueError(f'need n >= 1 and 0 < alpha < 1; got n={n}, alpha={alpha}')
     rng = np.random.default_rng(seed)
     if isinstance(metric, str):
-        slot, n_slots = _slots(y, p); pos, neg = np.bincount(slot, y, n_slots), np.bincount(slot, 1 - y, n_slots)
+        slot, n_slots = _slots(y, p)
+        pos, neg = np.bincount(slot, y, n_slots), np.bincount(slot, 1 - y, n_slots)
         chunk, vals = max(1, 4_000_000 // n_slots), []
         for i in range(0, n, chunk):
             b = min(chunk, n - i)
             if stratify: gp, gn = _draw_counts(rng, pos, b), _draw_counts(rng, neg, b)
             else: gp, gn = np.split(_draw_counts(rng, np.r_[pos, neg], b), 2, axis=1)
-            auc, ap = _weighted_auc_ap(gp, gn); vals.append(auc if metric == 'auroc' else ap)
+            auc, ap = _weighted_auc_ap(gp, gn)
+            vals.append(auc if metric == 'auroc' else ap)
         vals = np.concatenate(vals)
     else:
         groups = [np.flatnonzero(y == 1), np.flatnonzero(y == 0)] if stratify else [np.arange(len(y))]
@@ -102,7 +121,9 @@ def bootstrap_ci(metric:str|Callable, # 'auroc', 'auprc' (vectorised) or any `f(
             idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
             vals[i] = fn(y[idx], p[idx]) if y[idx].min() != y[idx].max() else np.nan
     vals = vals[np.isfinite(vals)]
-    if len(vals) == 0: raise ValueError(f'no bootstrap resample had both classes ({int(y.sum())} positives in {len(y):,} rows): use stratify=True')
+    if len(vals) == 0:
+        raise ValueError(f'no bootstrap resample had both classes ({int(y.sum())} '
+                         f'positives in {len(y):,} rows): use stratify=True')
     lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
     return float(fn(y, p)), float(lo), float(hi)
 
@@ -110,16 +131,20 @@ def bootstrap_ci(metric:str|Callable, # 'auroc', 'auprc' (vectorised) or any `f(
 def _reliability(y, p, bins:int) -> pd.DataFrame:
     "Per equal-width bin: rows, mean score, observed positive rate."
     y, p = _binary(y, p, need_both=False)
-    if p.min() < 0 or p.max() > 1: raise ValueError(f'calibration needs probabilities in [0, 1]; scores range from {p.min():.4g} to {p.max():.4g}')
-    b = np.minimum((p * bins).astype(int), bins - 1); n = np.bincount(b, minlength=bins)
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError(f'calibration needs probabilities in [0, 1]; scores range from {p.min():.4g} to {p.max():.4g}')
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    n = np.bincount(b, minlength=bins)
     with np.errstate(invalid='ignore'):
-        return pd.DataFrame({'rows': n, 'mean_score': np.bincount(b, p, bins) / n, 'observed': np.bincount(b, y, bins) / n})
+        return pd.DataFrame({'rows': n, 'mean_score': np.bincount(b, p, bins) / n,
+                             'observed': np.bincount(b, y, bins) / n})
 
 def expected_calibration_error(y, p, bins:int=15) -> float:
     "Row-weighted mean gap between the mean score and the observed positive rate over `bins` equal-width bins."
     r = _reliability(y, p, bins).dropna()
     return float((r.rows * (r.mean_score - r.observed).abs()).sum() / r.rows.sum())
 
+# %% ../nbs/06_evaluate.ipynb #f1cab0e7
 def reliability_diagram(y, p, # labels, and probabilities (or a dict of label -> probabilities, drawn together)
                         bins:int=15, path:str|Path|None=None):
     "Observed positive rate against mean score per bin, with bin sizes below; saved to `path` when given."
@@ -129,30 +154,43 @@ def reliability_diagram(y, p, # labels, and probabilities (or a dict of label ->
     ax.plot([0, 1], [0, 1], color='grey', ls='--', lw=1, label='calibrated')
     for name, q in curves.items():
         r = _reliability(y, q, bins).dropna()
-        ax.plot(r.mean_score, r.observed, marker='o', label=f'{name} (ECE {expected_calibration_error(y, q, bins):.3f})')
+        ax.plot(r.mean_score, r.observed, marker='o',
+                label=f'{name} (ECE {expected_calibration_error(y, q, bins):.3f})')
         ax2.step(np.linspace(0, 1, bins + 1)[:-1], _reliability(y, q, bins).rows, where='post')
-    ax.set_ylabel('observed positive rate'); ax.legend(loc='upper left'); ax.set_title('Reliability diagram')
-    ax2.set_yscale('log'); ax2.set_ylabel('rows'); ax2.set_xlabel('mean score in bin'); fig.tight_layout()
-    if path: fig.savefig(path, dpi=100); plt.close(fig)
+    ax.set_ylabel('observed positive rate')
+    ax.legend(loc='upper left')
+    ax.set_title('Reliability diagram')
+    ax2.set_yscale('log')
+    ax2.set_ylabel('rows')
+    ax2.set_xlabel('mean score in bin')
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
     return fig
 
 # %% ../nbs/06_evaluate.ipynb #205a07b8
 def _user_lists(ranked, relevant) -> list[tuple[list, set]]:
     "(ranked list, relevant set) per user with at least one relevant item."
     if isinstance(relevant, Mapping):
-        if not isinstance(ranked, Mapping): raise ValueError('relevant is a dict keyed by user, so ranked must be one too')
+        if not isinstance(ranked, Mapping):
+            raise ValueError('relevant is a dict keyed by user, so ranked must be one too')
         pairs = [(u, ranked.get(u, []), relevant[u]) for u in relevant]
     else:
-        if len(ranked) != len(relevant): raise ValueError(f'{len(ranked)} ranked lists but {len(relevant)} relevant sets: give one of each per user')
+        if len(ranked) != len(relevant):
+            raise ValueError(f'{len(ranked)} ranked lists but {len(relevant)} relevant sets: give one of each per user')
         pairs = list(zip(range(len(ranked)), ranked, relevant))
     out = []
     for u, r, rel in pairs:
         r = list(r)
-        if len(set(r)) != len(r): raise ValueError(f'the ranked list of user {u!r} repeats items {sorted({x for x in r if r.count(x) > 1}, key=str)[:5]}')
+        if len(set(r)) != len(r):
+            raise ValueError(f'the ranked list of user {u!r} repeats items '
+                             f'{sorted({x for x in r if r.count(x) > 1}, key=str)[:5]}')
         if len(rel): out.append((r, set(rel)))
     if not out: raise ValueError(f'none of the {len(pairs)} users has a relevant item: ranking metrics are undefined')
     return out
 
+# %% ../nbs/06_evaluate.ipynb #e8da9d87
 def _mean_over_users(ranked, relevant, k, fn) -> float:
     if k is not None and k < 1: raise ValueError(f'k must be at least 1; got {k}')
     return float(np.mean([fn(r[:k] if k else r, rel) for r, rel in _user_lists(ranked, relevant)]))
@@ -164,7 +202,9 @@ def _ndcg(r, rel, k):
 def _ap(r, rel, k):
     hits, total = 0, 0.0
     for i, x in enumerate(r):
-        if x in rel: hits += 1; total += hits / (i + 1)
+        if x in rel:
+            hits += 1
+            total += hits / (i + 1)
     return total / min(k or len(rel), len(rel))
 
 # %% ../nbs/06_evaluate.ipynb #f4ee249b
@@ -178,7 +218,8 @@ def ndcg_at_k(ranked, relevant, k:int=10) -> float:
 
 def mrr(ranked, relevant, k:int|None=None) -> float:
     "Mean reciprocal rank of the first relevant item (within the top `k` when given; 0 without a hit)."
-    return _mean_over_users(ranked, relevant, k, lambda r, rel: next((1 / (i + 1) for i, x in enumerate(r) if x in rel), 0.0))
+    return _mean_over_users(ranked, relevant, k,
+                            lambda r, rel: next((1 / (i + 1) for i, x in enumerate(r) if x in rel), 0.0))
 
 def mean_average_precision(ranked, relevant, k:int|None=None) -> float:
     "Mean over users of average precision (of the top `k` when given)."
@@ -188,10 +229,15 @@ def mean_average_precision(ranked, relevant, k:int|None=None) -> float:
 def add_slices(frame:pd.DataFrame, # scored transactions with `user_id` and `ts`
                users:pd.DataFrame, # the lake's users table: `user_id`, `country`, `device`, `signup_date`, ...
                ts:str='event_timestamp', new_days:float=30) -> pd.DataFrame:
-    "`frame` with the user's `device` (and `country` when missing) and `tenure` ('new' under `new_days` at event time, else 'tenured')."
-    missing = [c for c in ('user_id', 'country', 'device', 'signup_date') if c not in users] + [f'frame.{c}' for c in ('user_id', ts) if c not in frame]
+    "`frame` with the user's `device` (and `country` if missing) and `tenure`: 'new' under `new_days`, else 'tenured'."
+    missing = [c for c in ('user_id', 'country', 'device', 'signup_date') if c not in users] + [
+        f'frame.{c}' for c in ('user_id', ts) if c not in frame
+    ]
     if missing: raise ValueError(f'add_slices needs columns {missing}')
-    if users.user_id.duplicated().any(): raise ValueError(f'users has duplicate user_id values {users.user_id[users.user_id.duplicated()].head(3).tolist()}: the join would repeat transactions')
+    if users.user_id.duplicated().any():
+        raise ValueError('users has duplicate user_id values '
+                         f'{users.user_id[users.user_id.duplicated()].head(3).tolist()}: '
+                         'the join would repeat transactions')
     u, out = users.set_index('user_id'), frame.copy()
     for c in ('country', 'device'):
         if c not in out: out[c] = out.user_id.map(u[c]).fillna('unknown')
@@ -201,10 +247,12 @@ def add_slices(frame:pd.DataFrame, # scored transactions with `user_id` and `ts`
 
 # %% ../nbs/06_evaluate.ipynb #11a7b4ea
 def _slice_row(d:pd.DataFrame, y:str, p:str, threshold:float) -> dict:
-    yy, pp = d[y].to_numpy().astype(int), d[p].to_numpy(dtype=float); pos = int(yy.sum())
+    yy, pp = d[y].to_numpy().astype(int), d[p].to_numpy(dtype=float)
+    pos = int(yy.sum())
     both = 0 < pos < len(yy)
     return {'rows': len(yy), 'positives': pos, 'auprc': average_precision_score(yy, pp) if both else np.nan,
-            'auroc': roc_auc_score(yy, pp) if both else np.nan, 'recall': float((pp[yy == 1] >= threshold).mean()) if pos else np.nan}
+            'auroc': roc_auc_score(yy, pp) if both else np.nan,
+            'recall': float((pp[yy == 1] >= threshold).mean()) if pos else np.nan}
 
 def slice_report(frame:pd.DataFrame, y:str='is_fraud', p:str='score', by:Sequence[str]=('country', 'device', 'tenure'),
                  threshold:float=0.5, # recall is measured at `p >= threshold`
@@ -215,33 +263,48 @@ def slice_report(frame:pd.DataFrame, y:str='is_fraud', p:str='score', by:Sequenc
     if missing: raise ValueError(f'slice_report needs columns {missing}; the frame has {list(frame.columns)[:12]}')
     _binary(frame[y], frame[p])
     rows = [{'slice': 'all', 'value': 'all', **_slice_row(frame, y, p, threshold)}]
-    rows += [{'slice': c, 'value': v, **_slice_row(g, y, p, threshold)} for c in by for v, g in frame.groupby(c, dropna=False, sort=True)]
+    rows += [
+        {'slice': c, 'value': v, **_slice_row(g, y, p, threshold)}
+        for c in by
+        for v, g in frame.groupby(c, dropna=False, sort=True)
+    ]
     rep = pd.DataFrame(rows)
     rep['enough'] = (rep.rows >= min_rows) & (rep.positives >= min_pos) & (rep.positives < rep.rows)
     return rep
 
 # %% ../nbs/06_evaluate.ipynb #67bb29a4
 def worst_gap(report:pd.DataFrame, metric:str='auprc') -> dict:
-    "The supported slice furthest below the overall `metric`: slice, value, overall, slice metric, gap (overall - slice)."
-    if metric not in report: raise ValueError(f'unknown metric {metric!r}: the report has {[c for c in report.columns if c not in ("slice", "value", "enough")]}')
+    "The supported slice furthest below the overall `metric`: slice, value, overall, slice metric, gap (overall - it)."
+    if metric not in report:
+        raise ValueError(f'unknown metric {metric!r}: the report has '
+                         f'{[c for c in report.columns if c not in ("slice", "value", "enough")]}')
     overall = float(report.loc[report.slice == 'all', metric].iloc[0])
     ok = report[(report.slice != 'all') & report.enough & report[metric].notna()]
-    if ok.empty: raise ValueError(f'no slice has enough support for {metric} ({(report.slice != "all").sum()} slices, none with the minimum rows and positives)')
+    if ok.empty:
+        raise ValueError(f'no slice has enough support for {metric} ({(report.slice != "all").sum()} '
+                         'slices, none with the minimum rows and positives)')
     r = ok.loc[ok[metric].idxmin()]
     return {'slice': r.slice, 'value': r.value, 'metric': metric, 'overall': overall, 'slice_metric': float(r[metric]),
             'gap': overall - float(r[metric]), 'rows': int(r.rows), 'positives': int(r.positives)}
 
+# %% ../nbs/06_evaluate.ipynb #395ffec6
 def plot_slices(report:pd.DataFrame, metric:str='auprc', path:str|Path|None=None):
     "Horizontal bars of `metric` per slice value against the overall value; grey = not enough support."
     import matplotlib.pyplot as plt
-    s = report[report.slice != 'all']; overall = float(report.loc[report.slice == 'all', metric].iloc[0])
+    s = report[report.slice != 'all']
+    overall = float(report.loc[report.slice == 'all', metric].iloc[0])
     colours = dict(zip(s.slice.unique(), plt.rcParams['axes.prop_cycle'].by_key()['color']))
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(s) + 1.2))
     ax.barh([f'{a}={b} ({p})' for a, b, p in zip(s.slice, s.value, s.positives)], s[metric].fillna(0),
             color=[colours[a] if e else 'lightgrey' for a, e in zip(s.slice, s.enough)])
-    ax.axvline(overall, color='k', ls='--', lw=1); ax.invert_yaxis(); ax.set_title(f'{metric} per slice (dashed: overall {overall:.3f})')
-    ax.set_xlabel(f'{metric} (positives in brackets; grey: not enough support)'); fig.tight_layout()
-    if path: fig.savefig(path, dpi=100); plt.close(fig)
+    ax.axvline(overall, color='k', ls='--', lw=1)
+    ax.invert_yaxis()
+    ax.set_title(f'{metric} per slice (dashed: overall {overall:.3f})')
+    ax.set_xlabel(f'{metric} (positives in brackets; grey: not enough support)')
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
     return fig
 
 # %% ../nbs/06_evaluate.ipynb #fa2812a3
@@ -255,27 +318,37 @@ class Costs:
 
     def __post_init__(self):
         bad = {k: v for k, v in vars(self).items() if not (v >= 0 and math.isfinite(v))}
-        if bad or not self.review_catch <= 1: raise ValueError(f'costs must be finite and >= 0, review_catch at most 1; got {bad or vars(self)}')
+        if bad or not self.review_catch <= 1:
+            raise ValueError(f'costs must be finite and >= 0, review_catch at most 1; got {bad or vars(self)}')
 
 # %% ../nbs/06_evaluate.ipynb #b4894b13
 def _cost_inputs(y, p, amount):
-    y, p = _binary(y, p, need_both=False); a = np.asarray(amount, dtype=float)
+    y, p = _binary(y, p, need_both=False)
+    a = np.asarray(amount, dtype=float)
     if a.shape != y.shape: raise ValueError(f'amount has shape {a.shape}, labels {y.shape}: one amount per transaction')
-    if not (np.isfinite(a).all() and (a >= 0).all()): raise ValueError(f'amount must be finite and >= 0; {int((~np.isfinite(a) | (a < 0)).sum())} values are not')
+    if not (np.isfinite(a).all() and (a >= 0).all()):
+        raise ValueError(f'amount must be finite and >= 0; {int((~np.isfinite(a) | (a < 0)).sum())} values are not')
     return y, p, a
 
+# %% ../nbs/06_evaluate.ipynb #5fbb4f3e
 def expected_cost(y, p, amount, # labels, scores, transaction amounts
                   review_t:float, block_t:float, # review at `review_t <= p < block_t`, block at `p >= block_t`
                   costs:Costs=Costs()) -> dict:
     "Cost of the block / review / approve policy on labelled transactions: total, per 1,000 transactions, and counts."
     y, p, a = _cost_inputs(y, p, amount)
-    if review_t > block_t: raise ValueError(f'review threshold {review_t} is above block threshold {block_t}: reviews sit below blocks')
-    block = p >= block_t; review = (p >= review_t) & ~block; approve = ~block & ~review; fraud = y == 1
+    if review_t > block_t:
+        raise ValueError(f'review threshold {review_t} is above block threshold {block_t}: reviews sit below blocks')
+    block = p >= block_t
+    review = (p >= review_t) & ~block
+    approve = ~block & ~review
+    fraud = y == 1
     loss = costs.fraud_loss * (a[approve & fraud].sum() + (1 - costs.review_catch) * a[review & fraud].sum())
-    usd = {'fraud_loss_usd': float(loss), 'review_usd': costs.review * int(review.sum()), 'false_block_usd': costs.false_block * int((block & ~fraud).sum())}
+    usd = {'fraud_loss_usd': float(loss), 'review_usd': costs.review * int(review.sum()),
+           'false_block_usd': costs.false_block * int((block & ~fraud).sum())}
     total = sum(usd.values())
-    return {'review_t': float(review_t), 'block_t': float(block_t), 'rows': len(y), 'block': int(block.sum()), 'review': int(review.sum()),
-            'approve': int(approve.sum()), 'fraud_blocked': int((block & fraud).sum()), 'fraud_reviewed': int((review & fraud).sum()),
+    return {'review_t': float(review_t), 'block_t': float(block_t), 'rows': len(y), 'block': int(block.sum()),
+            'review': int(review.sum()), 'approve': int(approve.sum()), 'fraud_blocked': int((block & fraud).sum()),
+            'fraud_reviewed': int((review & fraud).sum()),
             'fraud_approved': int((approve & fraud).sum()), 'good_blocked': int((block & ~fraud).sum()), **usd,
             'total_usd': float(total), 'per_1000': float(1000 * total / len(y))}
 
@@ -283,15 +356,20 @@ def expected_cost(y, p, amount, # labels, scores, transaction amounts
 def choose_thresholds(y, p, amount, costs:Costs=Costs()) -> tuple[float, float]:
     "The (review, block) thresholds with the lowest total cost on `y`, `p`, `amount`; `inf` means never."
     y, p, a = _cost_inputs(y, p, amount)
-    t = np.r_[np.unique(p), np.inf]; pos = np.searchsorted(np.sort(p), t)          # rows with p >= t[i]: n - pos[i]
-    order = np.argsort(p, kind='stable'); ys, as_ = y[order], a[order] * y[order]
+    t = np.r_[np.unique(p), np.inf]
+    pos = np.searchsorted(np.sort(p), t)  # rows with p >= t[i]: n - pos[i]
+    order = np.argsort(p, kind='stable')
+    ys, as_ = y[order], a[order] * y[order]
     ge = lambda v: np.r_[np.cumsum(v[::-1])[::-1], 0][pos]                     # sum of v over rows with p >= t[i]
     n_ge, good_ge, fraud_amt_ge = len(p) - pos, ge(1.0 - ys), ge(as_)
     c, fl = costs.review_catch, costs.fraud_loss
-    review_part = fl * as_.sum() - c * fl * fraud_amt_ge + costs.review * n_ge    # cost if everything >= t[i] were reviewed ...
-    block_part = costs.false_block * good_ge - costs.review * n_ge - (1 - c) * fl * fraud_amt_ge   # ... corrected for blocking >= t[j]
+    # cost if everything >= t[i] were reviewed ...
+    review_part = fl * as_.sum() - c * fl * fraud_amt_ge + costs.review * n_ge
+    # ... corrected for blocking >= t[j]
+    block_part = costs.false_block * good_ge - costs.review * n_ge - (1 - c) * fl * fraud_amt_ge
     best_block = np.minimum.accumulate(block_part[::-1])[::-1]
-    i = int(np.argmin(review_part + best_block)); j = i + int(np.argmin(block_part[i:]))
+    i = int(np.argmin(review_part + best_block))
+    j = i + int(np.argmin(block_part[i:]))
     return float(t[i]), float(t[j])
 
 # %% ../nbs/06_evaluate.ipynb #09a51033
@@ -303,16 +381,22 @@ class GateResult:
     value: float|None
     threshold: float|None
     detail: str = ''
-    def __str__(self): return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {_num(self.value)} (threshold {_num(self.threshold)}) {self.detail}"
+    def __str__(self):
+        return (f"{'PASS' if self.passed else 'FAIL'} {self.name}: "
+                f"{_num(self.value)} (threshold {_num(self.threshold)}) {self.detail}")
 
 def _num(x): return 'n/a' if x is None or (isinstance(x, float) and math.isnan(x)) else f'{x:.4g}'
 
+# %% ../nbs/06_evaluate.ipynb #7427f702
 class GateFailed(ValueError):
     "One or more model gates failed; the message lists each with its value and threshold."
     def __init__(self, results:list[GateResult]):
-        self.results = list(results); failed = [r for r in self.results if not r.passed]
-        super().__init__(f'{len(failed)} of {len(self.results)} model gates failed: ' +
-                         '; '.join(f'{r.name} (value {_num(r.value)}, threshold {_num(r.threshold)}: {r.detail})' for r in failed))
+        self.results = list(results)
+        failed = [r for r in self.results if not r.passed]
+        super().__init__(
+            f'{len(failed)} of {len(self.results)} model gates failed: '
+            + '; '.join(f'{r.name} (value {_num(r.value)}, threshold {_num(r.threshold)}: {r.detail})' for r in failed)
+        )
 
 def check_gates(results:list[GateResult]) -> list[GateResult]:
     "Raise `GateFailed` if any gate in `results` failed; otherwise return them."
@@ -320,65 +404,94 @@ def check_gates(results:list[GateResult]) -> list[GateResult]:
     return results
 
 # %% ../nbs/06_evaluate.ipynb #e0d5d286
-MIN_POSITIVES = 30   # positives a window needs before a metric gate judges it (derived below from the AUPRC interval's width)
+# positives a window needs before a metric gate judges it (derived below from the AUPRC interval's width)
+MIN_POSITIVES = 30
 
 def _thin(name:str, positives:int|None, min_positives:int, value, threshold, what:str) -> GateResult|None:
     "An 'insufficient evidence' result (not passed) when `positives` is below `min_positives`; else None."
     if positives is not None and positives >= min_positives: return None
     n = positives or 0
-    return GateResult(name, False, value, threshold, f"insufficient evidence: {what} on a window with {n} positive{'' if n == 1 else 's'}; "
+    return GateResult(name, False, value, threshold,
+                      f"insufficient evidence: {what} on a window with {n} positive{'' if n == 1 else 's'}; "
                       f'the gate judges from {min_positives}')
 
 def gate_min_quality(metrics:dict, min_auprc:float=0.5, min_positives:int=MIN_POSITIVES) -> GateResult:
-    "Pass when the hold-out AUPRC in `metrics` (from `classification_metrics`) is at least `min_auprc`, on at least `min_positives` positives."
+    "Pass when the AUPRC in `metrics` (`classification_metrics`) is at least `min_auprc`, on `min_positives` positives."
     v, pos = float(metrics['auprc']), metrics.get('positives')
     what = f"AUPRC on {metrics.get('rows', 0):,} rows with {pos or 0:,} positives"
-    return _thin('min quality', pos, min_positives, v, min_auprc, 'AUPRC') or GateResult('min quality', v >= min_auprc, v, min_auprc, what)
+    thin = _thin('min quality', pos, min_positives, v, min_auprc, 'AUPRC')
+    return thin or GateResult('min quality', v >= min_auprc, v, min_auprc, what)
 
+# %% ../nbs/06_evaluate.ipynb #0110f5ae
 def gate_no_regression(candidate_metric:float, production_metric:float|None, tolerance:float=0.02,
-                       positives:int|None=None, min_positives:int=MIN_POSITIVES) -> GateResult: # positives: the window's, when known
-    "Pass when the candidate is at most `tolerance` below production on the same hold-out set (always, without production)."
-    if production_metric is None: return GateResult('no regression', True, candidate_metric, None, 'no production model')
+                       positives:int|None=None, # the window's positives, when known
+                       min_positives:int=MIN_POSITIVES) -> GateResult:
+    "Pass when the candidate is at most `tolerance` below production on the same rows (always, without production)."
+    if production_metric is None:
+        return GateResult('no regression', True, candidate_metric, None, 'no production model')
     floor = production_metric - tolerance
-    thin = None if positives is None else _thin('no regression', positives, min_positives, candidate_metric, floor, 'candidate vs production AUPRC')
-    return thin or GateResult('no regression', candidate_metric >= floor, candidate_metric, floor, f'production {production_metric:.4g} - tolerance {tolerance:g}')
+    thin = None if positives is None else _thin('no regression', positives, min_positives,
+                                                candidate_metric, floor, 'candidate vs production AUPRC')
+    return thin or GateResult('no regression', candidate_metric >= floor, candidate_metric, floor,
+                              f'production {production_metric:.4g} - tolerance {tolerance:g}')
 
-def gate_slice_gap(report:pd.DataFrame, max_gap:float=0.1, metric:str='auroc', min_positives:int=MIN_POSITIVES) -> GateResult:
-    "Pass when no slice with enough support falls more than `max_gap` below the overall `metric` of a window with `min_positives`."
+# %% ../nbs/06_evaluate.ipynb #530d96e4
+def gate_slice_gap(report:pd.DataFrame, max_gap:float=0.1, metric:str='auroc',
+                   min_positives:int=MIN_POSITIVES) -> GateResult:
+    "Pass when no supported slice falls more than `max_gap` below the overall `metric` (on `min_positives` positives)."
     pos = int(report.loc[report.slice == 'all', 'positives'].iloc[0]) if 'positives' in report else None
     if thin := _thin('slice gap', pos, min_positives, None, max_gap, f'overall {metric}'): return thin
     try: g = worst_gap(report, metric)
     except ValueError as e: return GateResult('slice gap', False, None, max_gap, f'insufficient evidence: {e}')
     return GateResult('slice gap', g['gap'] <= max_gap, g['gap'], max_gap,
-                      f"worst {metric}: {g['slice']}={g['value']} {g['slice_metric']:.3f} vs overall {g['overall']:.3f} ({g['positives']} positives)")
+                      f"worst {metric}: {g['slice']}={g['value']} {g['slice_metric']:.3f} "
+                      f"vs overall {g['overall']:.3f} ({g['positives']} positives)")
 
 # %% ../nbs/06_evaluate.ipynb #c28c82d4
 def score(model, pre, frame:pd.DataFrame, batch_size:int=8192) -> np.ndarray:
     "Fraud probabilities (sigmoid of the logits) of `model` with preprocessor `pre` for every row of `frame`."
     import torch
-    num, cat = pre.transform(frame); dev = next(model.parameters()).device; was = model.training; model.eval()
+    num, cat = pre.transform(frame)
+    dev = next(model.parameters()).device
+    was = model.training
+    model.eval()
     try:
         with torch.inference_mode():
-            out = [torch.sigmoid(model(num[i:i + batch_size].to(dev), cat[i:i + batch_size].to(dev)).float()).cpu() for i in range(0, len(num), batch_size)]
+            out = [
+                torch.sigmoid(model(num[i : i + batch_size].to(dev), cat[i : i + batch_size].to(dev)).float()).cpu()
+                for i in range(0, len(num), batch_size)
+            ]
     finally: model.train(was)
     return torch.cat(out).numpy().astype(float) if out else np.zeros(0)
 
+# %% ../nbs/06_evaluate.ipynb #c97f997f
 def gate_latency(model, pre, frame:pd.DataFrame, budget_ms_p99:float=100.0, n:int=300, warmup:int=20) -> GateResult:
-    "Pass when the p99 CPU time of scoring one row at a time (preprocessing + forward, one thread) is within `budget_ms_p99`."
+    "Pass when the p99 CPU time to score one row (preprocessing + forward, 1 thread) is within `budget_ms_p99`."
     import torch
     if len(frame) == 0: raise ValueError('gate_latency needs at least one row to time')
-    rows = [frame.iloc[[i % len(frame)]] for i in range(n + warmup)]; total, forward = [], []
+    rows = [frame.iloc[[i % len(frame)]] for i in range(n + warmup)]
+    total, forward = [], []
     threads, was, dev = torch.get_num_threads(), model.training, next(model.parameters()).device
     try:
-        torch.set_num_threads(1); model.cpu().eval()
+        torch.set_num_threads(1)
+        model.cpu().eval()
         with torch.inference_mode():
             for i, r in enumerate(rows):
-                t0 = time.thread_time(); x = pre.transform(r); t1 = time.thread_time(); model(*x); t2 = time.thread_time()
-                if i >= warmup: total.append((t2 - t0) * 1000); forward.append((t2 - t1) * 1000)
-    finally: torch.set_num_threads(threads); model.to(dev).train(was)
+                t0 = time.thread_time()
+                x = pre.transform(r)
+                t1 = time.thread_time()
+                model(*x)
+                t2 = time.thread_time()
+                if i >= warmup:
+                    total.append((t2 - t0) * 1000)
+                    forward.append((t2 - t1) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+        model.to(dev).train(was)
     p50, p99 = np.percentile(total, [50, 99])
     return GateResult('latency p99', bool(p99 <= budget_ms_p99), float(p99), budget_ms_p99,
-                      f'CPU ms at batch size 1 on 1 thread over {n} calls; p50 {p50:.2f} ms, of which the forward pass {np.median(forward):.2f} ms')
+                      f'CPU ms at batch size 1 on 1 thread over {n} calls; p50 {p50:.2f} '
+                      f'ms, of which the forward pass {np.median(forward):.2f} ms')
 
 # %% ../nbs/06_evaluate.ipynb #d9541910
 def run_gates(model, pre, frame:pd.DataFrame, # candidate, its preprocessor, labelled hold-out frame with slice columns
@@ -387,24 +500,29 @@ def run_gates(model, pre, frame:pd.DataFrame, # candidate, its preprocessor, lab
               by:Sequence[str]=('country', 'device', 'tenure'), threshold:float=0.5, min_rows:int=200, min_pos:int=10,
               budget_ms_p99:float=100.0, latency_n:int=300, min_positives:int=MIN_POSITIVES) -> list[GateResult]:
     "Quality, regression, slice-gap and latency gates for a candidate model on a hold-out frame."
-    p = score(model, pre, frame); m = classification_metrics(frame[y], p, (threshold,))
+    p = score(model, pre, frame)
+    m = classification_metrics(frame[y], p, (threshold,))
     prod = None if production is None else classification_metrics(frame[y], score(*production, frame))['auprc']
     report = slice_report(frame.assign(score=p), y, 'score', by, threshold, min_rows, min_pos)
-    return [gate_min_quality(m, min_auprc, min_positives), gate_no_regression(m['auprc'], prod, tolerance, m['positives'], min_positives),
-            gate_slice_gap(report, max_gap, gap_metric, min_positives), gate_latency(model, pre, frame, budget_ms_p99, latency_n)]
+    return [gate_min_quality(m, min_auprc, min_positives),
+            gate_no_regression(m['auprc'], prod, tolerance, m['positives'], min_positives),
+            gate_slice_gap(report, max_gap, gap_metric, min_positives),
+            gate_latency(model, pre, frame, budget_ms_p99, latency_n)]
 
 # %% ../nbs/06_evaluate.ipynb #e105c752
 def _paired_ap_draws(y:np.ndarray, pc:np.ndarray, pp:np.ndarray, n:int, seed:int, chunk:int=50) -> np.ndarray:
     "`n` stratified bootstrap draws of AUPRC(`pc`) - AUPRC(`pp`), both models scored on the same resampled rows."
     rng, pos, neg = np.random.default_rng(seed), np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    orders = [np.argsort(-p, kind='stable') for p in (pc, pp)]; out = []
+    orders = [np.argsort(-p, kind='stable') for p in (pc, pp)]
+    out = []
     for i in range(0, n, chunk):
         w = np.zeros((min(chunk, n - i), len(y)))   # how often each row is drawn
         for g in (pos, neg):
             w[:, g] = [np.bincount(r, minlength=len(g)) for r in rng.integers(0, len(g), (len(w), len(g)))]
         aps = []
         for o in orders:
-            wo, yo = w[:, o], y[o]; tp, seen = np.cumsum(wo * yo, 1), np.cumsum(wo, 1)
+            wo, yo = w[:, o], y[o]
+            tp, seen = np.cumsum(wo * yo, 1), np.cumsum(wo, 1)
             aps.append((wo * yo * np.divide(tp, seen, out=np.zeros_like(tp), where=seen > 0)).sum(1) / len(pos))
         out.append(aps[0] - aps[1])
     return np.concatenate(out)
@@ -412,14 +530,146 @@ def _paired_ap_draws(y:np.ndarray, pc:np.ndarray, pp:np.ndarray, n:int, seed:int
 def gate_no_regression_paired(y, p_candidate, p_production, # the comparison window's labels, both models' scores
                               tolerance:float=0.02, # the AUPRC loss the window must rule out
                               n:int=200, level:float=0.9, seed:int=0, # bootstrap draws, interval, seed
-                              min_positives:int=MIN_POSITIVES) -> GateResult: # fewer positives: insufficient evidence, whatever the interval
+                              min_positives:int=MIN_POSITIVES) -> GateResult: # fewer: insufficient evidence
     "Pass when the paired bootstrap interval of candidate - production AUPRC on the same rows lies above `-tolerance`."
-    y, pc = _binary(y, p_candidate); pp = _binary(y, p_production)[1]
+    y, pc = _binary(y, p_candidate)
+    pp = _binary(y, p_production)[1]
     cand, prod = float(average_precision_score(y, pc)), float(average_precision_score(y, pp))
-    lo, hi = np.quantile(_paired_ap_draws(y, pc, pp, n, seed), [(1 - level) / 2, (1 + level) / 2]); d = cand - prod
+    lo, hi = np.quantile(_paired_ap_draws(y, pc, pp, n, seed), [(1 - level) / 2, (1 + level) / 2])
+    d = cand - prod
     enough = int(y.sum()) >= min_positives
-    verdict = 'insufficient evidence' if not enough else 'no worse' if lo >= -tolerance else 'worse' if hi < -tolerance else 'insufficient evidence'
+    verdict = (
+        'insufficient evidence'
+        if not enough
+        else 'no worse' if lo >= -tolerance else 'worse' if hi < -tolerance else 'insufficient evidence'
+    )
     return GateResult('no regression', bool(enough and lo >= -tolerance), cand, prod - tolerance + (d - lo),
                       f'{verdict}: candidate - production AUPRC {d:+.3f}, {level:.0%} paired interval '
                       f'[{lo:+.3f}, {hi:+.3f}] on {len(y):,} rows with {int(y.sum())} positives '
-                      f'(tolerance {tolerance:g}' + ('' if enough else f'; the gate judges from {min_positives} positives') + ')')
+                      f'(tolerance {tolerance:g}' + ('' if enough else '; the gate judges from '
+                                                                       f'{min_positives} positives') + ')')
+
+# %% ../nbs/06_evaluate.ipynb #c28d034f
+_log = get_logger('mlsys.evaluate')
+ON_INSUFFICIENT = ('widen', 'refuse')
+
+def _check_policy(on_insufficient:str):
+    if on_insufficient not in ON_INSUFFICIENT:
+        raise ValueError(f"on_insufficient={on_insufficient!r} must be 'widen' or 'refuse'")
+
+# %% ../nbs/06_evaluate.ipynb #792cb81b
+def judged_window(val:pd.DataFrame, test:pd.DataFrame, # labelled validation and test windows
+                  min_positives:int=MIN_POSITIVES, # positives the test window needs to be judged alone
+                  on_insufficient:str='widen', # with fewer: 'widen' into the validation window, or 'refuse'
+                  y:str='is_fraud') -> tuple[pd.DataFrame, dict]: # the judged frame and what it is
+    "The window the gates judge: `test`, or `val` and `test` together when `test` is too thin and the policy widens."
+    _check_policy(on_insufficient)
+    n_test = int(test[y].sum())
+    window = {'name': 'test', 'positives': n_test, 'test_positives': n_test, 'min_positives': min_positives,
+              'on_insufficient': on_insufficient}
+    if n_test >= min_positives or on_insufficient == 'refuse': return test, window
+    wide = pd.concat([val, test])
+    window |= {'name': 'validation + test', 'positives': int(wide[y].sum())}
+    _log.warning('test window: %d positives, below %d; widened to validation + test: %d positives '
+                 '(the last epoch was chosen on validation)', n_test, min_positives, window['positives'])
+    return wide, window
+
+# %% ../nbs/06_evaluate.ipynb #8a371ead
+@dataclass
+class Evaluation:
+    "What `evaluate_candidate` found: the judged window, its metrics, thresholds and their cost, slices and gates."
+    window: dict                 # from `judged_window`
+    metrics: dict                # `classification_metrics` with `auprc_ci95`, `auroc_ci95` and `ece`
+    thresholds: dict             # {'review', 'block'}, chosen on validation
+    cost: dict                   # `expected_cost` of the thresholds on the test window
+    baselines: dict              # per-1,000 cost of approving all and reviewing all
+    costs: Costs
+    slices: pd.DataFrame = field(repr=False)   # `slice_report` of the judged window
+    gates: list[GateResult] = field(repr=False)
+    frame: pd.DataFrame = field(repr=False)    # the judged window, scored
+    production_version: int|None = None
+    artifacts: dict = field(default_factory=dict)   # the files `write` wrote
+    @property
+    def passed(self) -> bool: return all(g.passed for g in self.gates)
+    def cost_table(self) -> pd.Series:
+        "Cost per 1,000 transactions of the chosen policy and the two baselines."
+        return pd.Series({'policy': self.cost['per_1000'], **self.baselines}, name='cost per 1,000 transactions ($)')
+
+# %% ../nbs/06_evaluate.ipynb #0c3f2b54
+def evaluate_candidate(model, pre, val:pd.DataFrame, test:pd.DataFrame, # candidate, preprocessor, windows with slices
+                       production:tuple|None=None, # (model, preprocessor, registry row) in production
+                       costs:Costs|None=None, min_auprc:float=0.5, regression_tolerance:float=0.02,
+                       max_slice_gap:float=0.25, slice_min_rows:int=200, slice_min_pos:int=10,
+                       latency_budget_ms:float=100.0, latency_n:int=300, min_positives:int=MIN_POSITIVES,
+                       on_insufficient:str='widen', bootstrap:int=500, seed:int=42) -> Evaluation:
+    "Score `model` on `val` and `test`, choose thresholds by cost, and run the gates on the judged window."
+    costs = costs or Costs()
+    val, test = (f.assign(score=score(model, pre, f)) for f in (val, test))
+    judged, window = judged_window(val, test, min_positives, on_insufficient)
+    y, p = judged.is_fraud, judged.score
+    metrics = classification_metrics(y, p)
+    for m in ('auprc', 'auroc'): metrics[f'{m}_ci95'] = list(bootstrap_ci(m, y, p, n=bootstrap, seed=seed)[1:])
+    metrics['ece'] = expected_calibration_error(y, p)
+    review_t, block_t = choose_thresholds(val.is_fraud, val.score, val.amount, costs)
+    priced = lambda r, b: expected_cost(test.is_fraud, test.score, test.amount, r, b, costs)   # on the test window only
+    baselines = {'approve all': priced(np.inf, np.inf)['per_1000'], 'review all': priced(0.0, np.inf)['per_1000']}
+    slices = slice_report(judged, threshold=block_t if block_t < 1 else 0.5, min_rows=slice_min_rows,
+                          min_pos=slice_min_pos)
+    gates = run_gates(model, pre, judged, production=production[:2] if production else None, min_auprc=min_auprc,
+                      tolerance=regression_tolerance, max_gap=max_slice_gap, min_rows=slice_min_rows,
+                      min_pos=slice_min_pos, budget_ms_p99=latency_budget_ms, latency_n=latency_n,
+                      min_positives=min_positives)
+    _log.info('%s window: %d rows, AUPRC %.4f %s, AUROC %.4f, ECE %.3f', window['name'], metrics['rows'],
+              metrics['auprc'], metrics['auprc_ci95'], metrics['auroc'], metrics['ece'])
+    return Evaluation(window, metrics, {'review': review_t, 'block': block_t}, priced(review_t, block_t), baselines,
+                      costs, slices, gates, judged, production[2]['version'] if production else None)
+
+# %% ../nbs/06_evaluate.ipynb #08503b05
+@patch
+def write(self:Evaluation, out:str|Path, model_dir:str|Path) -> dict[str, Path]:
+    "Write `evaluation.json`, `slices.csv`, `slices.png`, `reliability.png` to `out`; returns (and keeps) their paths."
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reliability_diagram(self.frame.is_fraud, self.frame.score, path=out/'reliability.png')
+    self.slices.to_csv(out/'slices.csv', index=False)
+    plot_slices(self.slices, 'auroc', out/'slices.png')
+    write_json(out/'evaluation.json', {
+        'model_dir': str(model_dir), 'window': self.window, 'metrics': self.metrics, 'thresholds': self.thresholds,
+        'cost': self.cost, 'cost_baselines_per_1000': self.baselines, 'costs': vars(self.costs),
+        'production_version': self.production_version, 'gates': [vars(g) for g in self.gates]})
+    self.artifacts = {'evaluation': out/'evaluation.json', 'slices': out/'slices.csv', 'slices_plot': out/'slices.png',
+                      'reliability': out/'reliability.png'}
+    return self.artifacts
+
+# %% ../nbs/06_evaluate.ipynb #1702e8d8
+@patch
+def stage_metrics(self:Evaluation) -> dict:
+    "The numbers the evaluate stage records in its `stages/evaluate.json`."
+    m = self.metrics
+    return {'test_auprc': m['auprc'], 'test_auroc': m['auroc'], 'ece': m['ece'], 'cost_per_1000': self.cost['per_1000'],
+            'gates': {g.name: g.passed for g in self.gates}, 'window': self.window['name'],
+            'window_positives': self.window['positives'], 'production_version': self.production_version}
+
+# %% ../nbs/06_evaluate.ipynb #72718678
+def evaluate_model(ws, out:str|Path, # workspace, and the folder the reports go to
+                   model_dir:str|Path|None=None, # a saved model; default: the one the train stage of `run_dir` saved
+                   run_dir:str|Path|None=None,
+                   production:tuple|None=None, # (model, preprocessor, row) to beat: `Registry.production`
+                   **kwargs) -> Evaluation: # `evaluate_candidate`'s settings
+    "Evaluate a saved model on its own validation and test windows of `ws`'s training set; write the reports to `out`."
+    from mlsys.model_files import load_model, read_spec
+    from mlsys.train import time_split, training_set
+    from mlsys.world import read_table
+    _check_policy(kwargs.get('on_insufficient', 'widen'))
+    if model_dir is None:
+        if run_dir is None: raise ValueError('give run_dir (a run with a train stage) or model_dir')
+        model_dir = json.loads((Path(run_dir)/'stages'/'train.json').read_text())['artifacts']['model']
+    ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).ensure()
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*(LeafSpec|experimental).*')
+        (model, pre), config = load_model(model_dir), read_spec(model_dir)['config']
+        _, val, test = time_split(training_set(ws), config['val_days'], config['test_days'])
+        users = read_table(ws.lake, 'users')
+        ev = evaluate_candidate(model, pre, add_slices(val, users), add_slices(test, users), production, **kwargs)
+    ev.write(out, model_dir)
+    return ev

@@ -28,28 +28,39 @@ def _day_index(ts:pd.Series, start:pd.Timestamp) -> np.ndarray:
 
 def _grid(keys:np.ndarray, days:np.ndarray, values:np.ndarray, n_keys:int, n_days:int) -> np.ndarray:
     "Sum `values` into a dense (key × day) grid; days outside `[0, n_days)` are dropped."
-    g = np.zeros((n_keys, n_days)); ok = (days >= 0) & (days < n_days)
-    np.add.at(g, (keys[ok], days[ok]), values[ok]); return g
+    g = np.zeros((n_keys, n_days))
+    ok = (days >= 0) & (days < n_days)
+    np.add.at(g, (keys[ok], days[ok]), values[ok])
+    return g
 
 def _first_day(keys:np.ndarray, days:np.ndarray, n_keys:int, n_days:int) -> np.ndarray:
     "First day each key was seen (`n_days` for never)."
-    first = np.full(n_keys, n_days); np.minimum.at(first, keys, days); return first
+    first = np.full(n_keys, n_days)
+    np.minimum.at(first, keys, days)
+    return first
 
 def _window(g:np.ndarray, w:int) -> np.ndarray:
     "Sum over the last `w` days, for every day (a trailing window including the day itself)."
-    cs = np.cumsum(g, axis=1); out = cs.copy(); out[:, w:] -= cs[:, :-w]; return out
+    cs = np.cumsum(g, axis=1)
+    out = cs.copy()
+    out[:, w:] -= cs[:, :-w]
+    return out
 
 # %% ../nbs/03_features.ipynb #76952674
-def _snapshots(key_name:str, keys:pd.Index, start:pd.Timestamp, cols:dict[str, np.ndarray], first_day:np.ndarray) -> pd.DataFrame:
+def _snapshots(key_name:str, keys:pd.Index, start:pd.Timestamp,
+               cols:dict[str, np.ndarray], first_day:np.ndarray) -> pd.DataFrame:
     n_keys, n_days = next(iter(cols.values())).shape
     k, d = np.nonzero(np.arange(n_days)[None, :] >= first_day[:, None])
     ts = start + pd.to_timedelta(d + 1, 'D')
-    return pd.DataFrame({key_name: keys.to_numpy()[k], 'event_timestamp': ts, 'created': ts, **{c: v[k, d] for c, v in cols.items()}})
+    return pd.DataFrame({key_name: keys.to_numpy()[k], 'event_timestamp': ts,
+                         'created': ts, **{c: v[k, d] for c, v in cols.items()}})
 
 # %% ../nbs/03_features.ipynb #438b9eaa
 def user_spend_table(tx:pd.DataFrame, labels:pd.DataFrame, start:pd.Timestamp, n_days:int) -> pd.DataFrame:
     "Daily user snapshots: spend and counts over 7/30/90 days, and chargebacks known by then."
-    users = pd.Index(np.sort(tx.user_id.unique())); u = users.get_indexer(tx.user_id); day = _day_index(tx.ts, start)
+    users = pd.Index(np.sort(tx.user_id.unique()))
+    u = users.get_indexer(tx.user_id)
+    day = _day_index(tx.ts, start)
     amt, one = tx.amount.to_numpy(float), np.ones(len(tx))
     s = {w: _window(_grid(u, day, amt, len(users), n_days), w) for w in (7, 30, 90)}
     c = {w: _window(_grid(u, day, one, len(users), n_days), w) for w in (7, 30, 90)}
@@ -60,38 +71,59 @@ def user_spend_table(tx:pd.DataFrame, labels:pd.DataFrame, start:pd.Timestamp, n
                    _grid(fu[live], ftx[live] + 90, np.ones(live.sum()), len(users), n_days), axis=1)
     avg = lambda w: np.divide(s[w], c[w], out=np.full_like(s[w], np.nan), where=c[w] > 0)
     first = _first_day(u, day, len(users), n_days)
-    return _snapshots('user_id', users, start, {'user_spend_7d': s[7], 'user_tx_count_7d': c[7], 'user_avg_amount_30d': avg(30),
+    return _snapshots('user_id', users, start, {'user_spend_7d': s[7], 'user_tx_count_7d': c[7],
+                                                'user_avg_amount_30d': avg(30),
         'user_avg_amount_90d': avg(90), 'user_tx_count_90d': c[90], 'user_chargebacks_90d': cb}, first)
 
 # %% ../nbs/03_features.ipynb #98289812
-def merchant_risk_table(tx:pd.DataFrame, labels:pd.DataFrame, start:pd.Timestamp, n_days:int, respect_label_time:bool=True) -> pd.DataFrame:
+def merchant_risk_table(tx:pd.DataFrame, labels:pd.DataFrame, start:pd.Timestamp,
+                        n_days:int, respect_label_time:bool=True) -> pd.DataFrame:
     "Daily merchant snapshots: fraud rate over the labels known by then, labels that arrived in 7 days, 30-day volume."
-    ms = pd.Index(np.sort(tx.merchant_id.unique())); m = ms.get_indexer(tx.merchant_id); day = _day_index(tx.ts, start)
+    ms = pd.Index(np.sort(tx.merchant_id.unique()))
+    m = ms.get_indexer(tx.merchant_id)
+    day = _day_index(tx.ts, start)
     lab = labels.merge(tx[['transaction_id', 'merchant_id', 'ts']], on='transaction_id')
     known = _day_index(lab.available_at if respect_label_time else lab.ts, start)
     lm, fraud = ms.get_indexer(lab.merchant_id), lab.is_fraud.to_numpy(float)
     g_lab, g_fr = _grid(lm, known, np.ones(len(lab)), len(ms), n_days), _grid(lm, known, fraud, len(ms), n_days)
     n_lab, n_fr = np.cumsum(g_lab, axis=1), np.cumsum(g_fr, axis=1)
     first = _first_day(m, day, len(ms), n_days)
-    return _snapshots('merchant_id', ms, start, {'merchant_fraud_rate': np.divide(n_fr, n_lab, out=np.zeros_like(n_fr), where=n_lab > 0),
-        'merchant_labels_7d': _window(g_lab, 7), 'merchant_tx_count_30d': _window(_grid(m, day, np.ones(len(tx)), len(ms), n_days), 30)}, first)
+    return _snapshots(
+        'merchant_id',
+        ms,
+        start,
+        {
+            'merchant_fraud_rate': np.divide(n_fr, n_lab, out=np.zeros_like(n_fr), where=n_lab > 0),
+            'merchant_labels_7d': _window(g_lab, 7),
+            'merchant_tx_count_30d': _window(_grid(m, day, np.ones(len(tx)), len(ms), n_days), 30),
+        },
+        first,
+    )
 
 # %% ../nbs/03_features.ipynb #b16cfc4d
 def _distinct_30d(dev:np.ndarray, other:np.ndarray, day:np.ndarray, n_dev:int, n_days:int) -> np.ndarray:
     pairs = pd.DataFrame({'d': dev, 'o': other, 'day': day}).drop_duplicates()
     p = pairs.groupby(['d', 'o'], sort=False).ngroup().to_numpy()
-    seen = np.full((p.max() + 1, n_days), -10_000); seen[p, pairs.day.to_numpy()] = pairs.day.to_numpy()
+    seen = np.full((p.max() + 1, n_days), -10_000)
+    seen[p, pairs.day.to_numpy()] = pairs.day.to_numpy()
     last = np.maximum.accumulate(seen, axis=1)
     live = last >= np.arange(n_days)[None, :] - 29
-    owner = np.zeros(p.max() + 1, int); owner[p] = pairs.d.to_numpy()
-    out = np.zeros((n_dev, n_days)); np.add.at(out, owner, live); return out
+    owner = np.zeros(p.max() + 1, int)
+    owner[p] = pairs.d.to_numpy()
+    out = np.zeros((n_dev, n_days))
+    np.add.at(out, owner, live)
+    return out
 
+# %% ../nbs/03_features.ipynb #6a68350d
 def device_fanout_table(tx:pd.DataFrame, start:pd.Timestamp, n_days:int) -> pd.DataFrame:
     "Daily device snapshots: distinct users and IPs seen with the device over 30 days."
-    devs = pd.Index(np.sort(tx.device_id.unique())); d = devs.get_indexer(tx.device_id); day = _day_index(tx.ts, start)
+    devs = pd.Index(np.sort(tx.device_id.unique()))
+    d = devs.get_indexer(tx.device_id)
+    day = _day_index(tx.ts, start)
     first = _first_day(d, day, len(devs), n_days)
     codes = lambda s: pd.factorize(s)[0]
-    return _snapshots('device_id', devs, start, {'device_users_30d': _distinct_30d(d, codes(tx.user_id), day, len(devs), n_days),
+    return _snapshots('device_id', devs, start, {
+        'device_users_30d': _distinct_30d(d, codes(tx.user_id), day, len(devs), n_days),
         'device_ips_30d': _distinct_30d(d, codes(tx.ip), day, len(devs), n_days)}, first)
 
 # %% ../nbs/03_features.ipynb #08dd04f7
@@ -99,12 +131,14 @@ def velocity_table(tx:pd.DataFrame) -> pd.DataFrame:
     "Change points of each user's transaction counts over the last 5 and 60 minutes."
     n, t, u = len(tx), tx.ts.reset_index(drop=True), tx.user_id.to_numpy()
     ev = pd.DataFrame({'user_id': np.concatenate([u, u, u]),
-                       'event_timestamp': pd.concat([t, t + pd.Timedelta(minutes=5), t + pd.Timedelta(minutes=60)], ignore_index=True),
+                       'event_timestamp': pd.concat([t, t + pd.Timedelta(minutes=5), t + pd.Timedelta(minutes=60)],
+                                                    ignore_index=True),
                        'd5': np.concatenate([np.ones(n), -np.ones(n), np.zeros(n)]),
                        'd60': np.concatenate([np.ones(n), np.zeros(n), -np.ones(n)])})
     ev = ev.groupby(['user_id', 'event_timestamp'], sort=True)[['d5', 'd60']].sum().reset_index()
     g = ev.groupby('user_id', sort=False)
-    out = ev[['user_id', 'event_timestamp']].assign(user_tx_5m=g.d5.cumsum().astype('int64'), user_tx_60m=g.d60.cumsum().astype('int64'))
+    out = ev[['user_id', 'event_timestamp']].assign(user_tx_5m=g.d5.cumsum().astype('int64'),
+                                                    user_tx_60m=g.d60.cumsum().astype('int64'))
     return out.assign(created=out.event_timestamp)
 
 # %% ../nbs/03_features.ipynb #998822f6
@@ -114,20 +148,25 @@ def user_profile_table(users:pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({'user_id': users.user_id, 'event_timestamp': ts, 'created': ts,
                          'timezone': users.timezone, 'country': users.country})
 
+# %% ../nbs/03_features.ipynb #194c37a4
 def item_popularity_table(inter:pd.DataFrame, start:pd.Timestamp, n_days:int) -> pd.DataFrame:
     "Daily item snapshots over 7 days: views, click-through rate, mean watch fraction."
-    items = pd.Index(np.sort(inter.item_id.unique())); i = items.get_indexer(inter.item_id); day = _day_index(inter.ts, start)
+    items = pd.Index(np.sort(inter.item_id.unique()))
+    i = items.get_indexer(inter.item_id)
+    day = _day_index(inter.ts, start)
     cnt = lambda e: _window(_grid(i, day, (inter.event == e).to_numpy(float), len(items), n_days), 7)
     wf = _window(_grid(i, day, inter.watch_fraction.fillna(0).to_numpy(), len(items), n_days), 7)
     views, clicks, watches = cnt('view'), cnt('click'), cnt('watch')
     first = _first_day(i, day, len(items), n_days)
     div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)
-    return _snapshots('item_id', items, start, {'item_views_7d': views, 'item_ctr_7d': div(clicks, views), 'item_watch_fraction_7d': div(wf, watches)}, first)
+    return _snapshots('item_id', items, start, {'item_views_7d': views, 'item_ctr_7d': div(clicks, views),
+                                                'item_watch_fraction_7d': div(wf, watches)}, first)
 
 # %% ../nbs/03_features.ipynb #9d3ba94e
 def feature_tables(lake:str|Path, respect_label_time:bool=True) -> dict[str, pd.DataFrame]:
     "Every offline feature table computed from `lake`, by feature view name."
-    man = read_manifest(lake); start, n_days = pd.Timestamp(man['start'], tz='UTC'), man['n_days']
+    man = read_manifest(lake)
+    start, n_days = pd.Timestamp(man['start'], tz='UTC'), man['n_days']
     tx, labels = read_table(lake, 'transactions'), read_table(lake, 'labels')
     return {'user_profile': user_profile_table(read_table(lake, 'users')),
             'user_spend': user_spend_table(tx, labels, start, n_days),
@@ -149,22 +188,32 @@ class FeatureSpec:
     description: str
     push: bool = False         # fed online by a push source (streaming) rather than by materialisation
 
-ENTITIES = {'user_id': ('user', 'STRING'), 'merchant_id': ('merchant', 'INT64'), 'device_id': ('device', 'STRING'), 'item_id': ('item', 'INT64')}
+# %% ../nbs/03_features.ipynb #4da82882
+ENTITIES = {'user_id': ('user', 'STRING'), 'merchant_id': ('merchant', 'INT64'),
+            'device_id': ('device', 'STRING'), 'item_id': ('item', 'INT64')}
 _F, _I, _S = 'Float64', 'Int64', 'String'
+_DAILY = timedelta(days=2)
 SPECS = {s.name: s for s in [
-    FeatureSpec('user_profile', 'user_id', {'timezone': _S, 'country': _S}, timedelta(0), 'Home time zone and country, from signup.'),
-    FeatureSpec('user_spend', 'user_id', {'user_spend_7d': _F, 'user_tx_count_7d': _F, 'user_avg_amount_30d': _F, 'user_avg_amount_90d': _F,
-                'user_tx_count_90d': _F, 'user_chargebacks_90d': _F}, timedelta(days=2), 'Spend over 7/30/90 days and chargebacks known at the time.'),
-    FeatureSpec('merchant_risk', 'merchant_id', {'merchant_fraud_rate': _F, 'merchant_labels_7d': _F, 'merchant_tx_count_30d': _F},
-                timedelta(days=2), 'Fraud rate over labels available at the time, labels arrived in 7 days, 30-day volume.'),
-    FeatureSpec('device_fanout', 'device_id', {'device_users_30d': _F, 'device_ips_30d': _F}, timedelta(days=2), 'Distinct users and IPs per device over 30 days.'),
-    FeatureSpec('user_velocity', 'user_id', {'user_tx_5m': _I, 'user_tx_60m': _I}, timedelta(hours=1), "The user's transactions in the last 5 and 60 minutes (streaming).", push=True),
-    FeatureSpec('item_popularity', 'item_id', {'item_views_7d': _F, 'item_ctr_7d': _F, 'item_watch_fraction_7d': _F}, timedelta(days=2), 'Views, click-through and watch fraction over 7 days.')]}
+    FeatureSpec('user_profile', 'user_id', {'timezone': _S, 'country': _S}, timedelta(0),
+                'Home time zone and country, from signup.'),
+    FeatureSpec('user_spend', 'user_id', {f: _F for f in ('user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d',
+                'user_avg_amount_90d', 'user_tx_count_90d', 'user_chargebacks_90d')}, _DAILY,
+                'Spend over 7/30/90 days and chargebacks known at the time.'),
+    FeatureSpec('merchant_risk', 'merchant_id', {'merchant_fraud_rate': _F, 'merchant_labels_7d': _F,
+                'merchant_tx_count_30d': _F}, _DAILY,
+                'Fraud rate over labels available at the time, labels arrived in 7 days, 30-day volume.'),
+    FeatureSpec('device_fanout', 'device_id', {'device_users_30d': _F, 'device_ips_30d': _F}, _DAILY,
+                'Distinct users and IPs per device over 30 days.'),
+    FeatureSpec('user_velocity', 'user_id', {'user_tx_5m': _I, 'user_tx_60m': _I}, timedelta(hours=1),
+                "The user's transactions in the last 5 and 60 minutes (streaming).", push=True),
+    FeatureSpec('item_popularity', 'item_id', {'item_views_7d': _F, 'item_ctr_7d': _F, 'item_watch_fraction_7d': _F},
+                _DAILY, 'Views, click-through and watch fraction over 7 days.')]}
 
 # %% ../nbs/03_features.ipynb #6ac0591c
-WARMUP_DAYS = {'user_spend_7d': 7, 'user_tx_count_7d': 7, 'user_avg_amount_30d': 30, 'user_avg_amount_90d': 90, 'user_tx_count_90d': 90,
-               'user_chargebacks_90d': 90, 'merchant_fraud_rate': 30, 'merchant_labels_7d': 30, 'merchant_tx_count_30d': 30,
-               'device_users_30d': 30, 'device_ips_30d': 30, 'amount_to_avg_30d': 30, 'user_is_new': 90}  # others (profile, velocity, hour): none
+WARMUP_DAYS = {'user_spend_7d': 7, 'user_tx_count_7d': 7, 'user_avg_amount_30d': 30, 'user_avg_amount_90d': 90,
+               'user_tx_count_90d': 90, 'user_chargebacks_90d': 90, 'merchant_fraud_rate': 30, 'merchant_labels_7d': 30,
+               'merchant_tx_count_30d': 30, # others (profile, velocity, hour): none
+               'device_users_30d': 30, 'device_ips_30d': 30, 'amount_to_avg_30d': 30, 'user_is_new': 90}
 
 # %% ../nbs/03_features.ipynb #22905312
 class FeatureDefinitionError(ValueError):
@@ -173,20 +222,29 @@ class FeatureDefinitionError(ValueError):
 def check_table(spec:FeatureSpec, df:pd.DataFrame):
     "Refuse a table for `spec` that lacks its key, `event_timestamp`, `created` or a feature."
     for col in (spec.key, 'event_timestamp', 'created', *spec.features):
-        if col not in df.columns: raise FeatureDefinitionError(f'feature view {spec.name!r}: table has no column {col!r}')
+        if col not in df.columns:
+            raise FeatureDefinitionError(f'feature view {spec.name!r}: table has no column {col!r}')
     if not isinstance(df.event_timestamp.dtype, pd.DatetimeTZDtype):
-        raise FeatureDefinitionError(f'feature view {spec.name!r}: event_timestamp must be timezone-aware, got {df.event_timestamp.dtype}')
+        raise FeatureDefinitionError(f'feature view {spec.name!r}: event_timestamp must '
+                                     f'be timezone-aware, got {df.event_timestamp.dtype}')
 
 # %% ../nbs/03_features.ipynb #0e14c51e
 def transaction_context(inputs:dict) -> dict:
-    "Request-time features: `amount_to_avg_30d` (NaN without an average), `local_hour` in the home time zone (-1 when unknown), `user_is_new` (1 without a purchase in the store's 90 days)."
+    """Request-time features: `amount_to_avg_30d` (NaN without an average), `local_hour` in the home time zone
+    (-1 when unknown), `user_is_new` (1 without a purchase in the store's 90 days)."""
     from datetime import datetime, timezone
     from zoneinfo import ZoneInfo
     ratio, hour, zones = [], [], {}   # ZoneInfo's own cache holds 8 zones; ours holds every zone seen in this call
-    for amount, avg, ts, tz in zip(inputs['amount'], inputs['user_avg_amount_30d'], inputs['request_ts'], inputs['timezone']):
+    for amount, avg, ts, tz in zip(inputs['amount'], inputs['user_avg_amount_30d'],
+                                   inputs['request_ts'], inputs['timezone']):
         ok = avg is not None and avg == avg and avg > 0 and amount is not None
         ratio.append(float(amount) / float(avg) if ok else float('nan'))
-        try: hour.append(datetime.fromtimestamp(int(ts), timezone.utc).astimezone(zones.get(tz) or zones.setdefault(tz, ZoneInfo(tz))).hour)
+        try:
+            hour.append(
+                datetime.fromtimestamp(int(ts), timezone.utc)
+                .astimezone(zones.get(tz) or zones.setdefault(tz, ZoneInfo(tz)))
+                .hour
+            )
         except Exception: hour.append(-1)
     new = [1.0 if n is None or n != n or n == 0 else 0.0 for n in inputs['user_tx_count_90d']]
     return {'amount_to_avg_30d': ratio, 'local_hour': hour, 'user_is_new': new}
@@ -198,6 +256,7 @@ def _copy(fn):
     new.__doc__, new.__module__ = fn.__doc__, fn.__module__
     return new
 
+# %% ../nbs/03_features.ipynb #ad8be719
 def feast_objects(repo:str|Path) -> list:
     "Feast entities, sources, feature views and the on-demand view for the repo in `repo` (data in `repo/data`)."
     from feast import Entity, FeatureView, Field, FileSource, PushSource, RequestSource, ValueType
@@ -205,19 +264,27 @@ def feast_objects(repo:str|Path) -> list:
     from feast.on_demand_feature_view import on_demand_feature_view
     from feast import types
     data = Path(repo).resolve()/'data'
-    ents = {k: Entity(name=n, join_keys=[k], value_type=getattr(ValueType, t), description=f'a {n}', owner=OWNER) for k, (n, t) in ENTITIES.items()}
+    ents = {
+        k: Entity(name=n, join_keys=[k], value_type=getattr(ValueType, t), description=f'a {n}', owner=OWNER)
+        for k, (n, t) in ENTITIES.items()
+    }
     objs, views = list(ents.values()), {}
     for s in SPECS.values():
         src = FileSource(name=f'{s.name}_source', path=str(data/f'{s.name}.parquet'), timestamp_field='event_timestamp',
                          created_timestamp_column='created', file_format=ParquetFormat())
-        if s.push: objs.append(src); src = PushSource(name=f'{s.name}_push', batch_source=src)
-        views[s.name] = FeatureView(name=s.name, entities=[ents[s.key]], ttl=s.ttl, source=src, online=True, owner=OWNER,
+        if s.push:
+            objs.append(src)
+            src = PushSource(name=f'{s.name}_push', batch_source=src)
+        views[s.name] = FeatureView(name=s.name, entities=[ents[s.key]], ttl=s.ttl, source=src, online=True,
+                                    owner=OWNER,
             description=s.description, schema=[Field(name=f, dtype=getattr(types, t)) for f, t in s.features.items()],
             tags={'freshness_sla': str(s.ttl) if s.ttl else 'static', 'kind': 'streaming' if s.push else 'batch'})
         objs += [src, views[s.name]]
-    req = RequestSource(name='transaction_request', schema=[Field(name='amount', dtype=types.Float64), Field(name='request_ts', dtype=types.Int64)])
+    req = RequestSource(name='transaction_request',
+                        schema=[Field(name='amount', dtype=types.Float64), Field(name='request_ts', dtype=types.Int64)])
     odfv = on_demand_feature_view(sources=[views['user_spend'], views['user_profile'], req], mode='python', owner=OWNER,
-        description='Amount relative to the 30-day average; hour of day in the home time zone; no purchase history in the store.',
+        description='Amount relative to the 30-day average; hour of day in '
+                    'the home time zone; no purchase history in the store.',
         schema=[Field(name='amount_to_avg_30d', dtype=types.Float64), Field(name='local_hour', dtype=types.Int64),
                 Field(name='user_is_new', dtype=types.Float64)])(_copy(transaction_context))
     return objs + [req, odfv]
@@ -226,7 +293,8 @@ def feast_objects(repo:str|Path) -> list:
 def store_yaml(online:str='sqlite', project:str='mlsys') -> str:
     "feature_store.yaml for a local repo; `online` is 'sqlite' or a 'redis://host:port' URL."
     if online == 'sqlite': on = '  type: sqlite\n  path: online.db\n'
-    elif online.startswith('redis://'): on = f"  type: redis\n  connection_string: \"{online.removeprefix('redis://')}\"\n"
+    elif online.startswith('redis://'):
+        on = f"  type: redis\n  connection_string: \"{online.removeprefix('redis://')}\"\n"
     else: raise FeatureDefinitionError(f"online={online!r}: use 'sqlite' or a 'redis://host:port' URL")
     return (f'project: {project}\nprovider: local\nregistry: registry.db\nonline_store:\n{on}'
             'offline_store:\n  type: duckdb\nentity_key_serialization_version: 3\n')
@@ -248,19 +316,26 @@ def open_store(repo:str|Path):
 def build_repo(features_dir:str|Path, tables:dict[str, pd.DataFrame], online:str='sqlite', tag:str='build') -> Path:
     "Write `tables` and the definitions into a new build folder under `features_dir`, apply them, return the folder."
     b = Path(features_dir)/'builds'/f'{tag}-{os.getpid()}'
-    shutil.rmtree(b, ignore_errors=True); (b/'data').mkdir(parents=True)
+    shutil.rmtree(b, ignore_errors=True)
+    (b/'data').mkdir(parents=True)
     for name, spec in SPECS.items():
-        check_table(spec, tables[name]); tables[name].to_parquet(b/'data'/f'{name}.parquet', index=False)
-    project = 'mlsys_' + ''.join(c if c.isalnum() else '_' for c in b.name)   # one project per build: online keys never mix
-    atomic_write(b/'feature_store.yaml', store_yaml(online, project)); atomic_write(b/'repo.py', REPO_PY)
+        check_table(spec, tables[name])
+        tables[name].to_parquet(b/'data'/f'{name}.parquet', index=False)
+    # one project per build: online keys never mix
+    project = 'mlsys_' + ''.join(c if c.isalnum() else '_' for c in b.name)
+    atomic_write(b/'feature_store.yaml', store_yaml(online, project))
+    atomic_write(b/'repo.py', REPO_PY)
     open_store(b).apply(feast_objects(b))
     return b
 
+# %% ../nbs/03_features.ipynb #6d731ce2
 def activate(features_dir:str|Path, build:Path) -> Path:
     "Point `features/current` at `build` atomically; then tear down older builds (their online data too)."
-    features_dir = Path(features_dir); link = features_dir/f'.current.{os.getpid()}'
+    features_dir = Path(features_dir)
+    link = features_dir/f'.current.{os.getpid()}'
     if link.is_symlink(): link.unlink()
-    link.symlink_to(build.relative_to(features_dir)); os.replace(link, features_dir/'current')
+    link.symlink_to(build.relative_to(features_dir))
+    os.replace(link, features_dir/'current')
     for old in (features_dir/'builds').iterdir():
         if old.resolve() == build.resolve(): continue
         try: open_store(old).teardown()
@@ -275,14 +350,19 @@ def materialize(store, end:pd.Timestamp, start:pd.Timestamp|None=None) -> dict[s
     done = {}
     for fv in store.list_feature_views():
         if SPECS[fv.name].push: continue
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # Feast's own progress bars
+        # Feast's own progress bars
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             if fv.most_recent_end_time is None:
-                store.materialize(start_date=(start or end - timedelta(days=3650)).to_pydatetime(), end_date=end.to_pydatetime(), feature_views=[fv.name])
+                store.materialize(start_date=(start or end - timedelta(days=3650)).to_pydatetime(),
+                                  end_date=end.to_pydatetime(), feature_views=[fv.name])
                 done[fv.name] = 'full'
-            else: store.materialize_incremental(end_date=end.to_pydatetime(), feature_views=[fv.name]); done[fv.name] = 'incremental'
+            else:
+                store.materialize_incremental(end_date=end.to_pydatetime(), feature_views=[fv.name])
+                done[fv.name] = 'incremental'
     get_logger('mlsys.features').info('materialised %d views up to %s', len(done), end)
     return done
 
+# %% ../nbs/03_features.ipynb #acd13af7
 def velocity_at(velocity:pd.DataFrame, until:pd.Timestamp) -> pd.DataFrame:
     "Each user's counters as of `until`: the latest change point at or before it."
     v = velocity[velocity.event_timestamp <= until]
@@ -297,7 +377,9 @@ def push_velocity(store, velocity:pd.DataFrame, until:pd.Timestamp) -> int:
 
 # %% ../nbs/03_features.ipynb #e1bf8c0d
 FRAUD_VIEWS = ('user_profile', 'user_spend', 'merchant_risk', 'device_fanout', 'user_velocity')
-FRAUD_REFS = [f'{v}:{f}' for v in FRAUD_VIEWS for f in SPECS[v].features] + [f'transaction_context:{f}' for f in ('amount_to_avg_30d', 'local_hour', 'user_is_new')]
+FRAUD_REFS = [f'{v}:{f}' for v in FRAUD_VIEWS for f in SPECS[v].features] + [
+    f'transaction_context:{f}' for f in ('amount_to_avg_30d', 'local_hour', 'user_is_new')
+]
 FRAUD_FEATURES = [r.split(':')[1] for r in FRAUD_REFS]
 STORED = [f for v in FRAUD_VIEWS if not SPECS[v].push for f in SPECS[v].features]
 
@@ -312,17 +394,28 @@ def finish(df:pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/03_features.ipynb #f5ae9d45
 def check_refs(store, refs:list[str]):
     "Refuse references to views or features the registry does not have, naming them."
-    have = {fv.name: {f.name for f in fv.features} for fv in [*store.list_feature_views(), *store.list_on_demand_feature_views()]}
+    have = {fv.name: {f.name for f in fv.features} for fv in [*store.list_feature_views(),
+                                                              *store.list_on_demand_feature_views()]}
     for r in refs:
         view, _, feat = r.partition(':')
-        if view not in have: raise FeatureDefinitionError(f'unknown feature view {view!r} in {r!r}; views: {", ".join(sorted(have))}')
-        if feat not in have[view]: raise FeatureDefinitionError(f'unknown feature {feat!r} in view {view!r}; it has: {", ".join(sorted(have[view]))}')
+        if view not in have:
+            raise FeatureDefinitionError(f'unknown feature view {view!r} in {r!r}; views: {", ".join(sorted(have))}')
+        if feat not in have[view]:
+            raise FeatureDefinitionError(f'unknown feature {feat!r} in view {view!r}; '
+                                         f'it has: {", ".join(sorted(have[view]))}')
 
 def request_rows(req:pd.DataFrame) -> pd.DataFrame:
-    "Entity keys and request fields (`amount`, `request_ts` in Unix seconds: the stamped time, else `ts`) of transactions."
+    "Entity keys and request fields (`amount`, `request_ts`: Unix seconds of the stamped time, else `ts`) of `req`."
     stamp = req['request_ts'] if 'request_ts' in req else req.ts
-    return pd.DataFrame({'user_id': req.user_id.astype(str), 'merchant_id': req.merchant_id.astype('int64'), 'device_id': req.device_id.astype(str),
-                         'amount': req.amount.astype(float), 'request_ts': ((stamp - pd.Timestamp(0, tz='UTC')) // pd.Timedelta(seconds=1)).astype('int64')})
+    return pd.DataFrame(
+        {
+            'user_id': req.user_id.astype(str),
+            'merchant_id': req.merchant_id.astype('int64'),
+            'device_id': req.device_id.astype(str),
+            'amount': req.amount.astype(float),
+            'request_ts': ((stamp - pd.Timestamp(0, tz='UTC')) // pd.Timedelta(seconds=1)).astype('int64'),
+        }
+    )
 
 def online_features(store, req:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
     "Features for requests `req` (keys, `amount`, `ts`) from the online store, in request order, with `missing`."
@@ -336,21 +429,30 @@ def _chunks(users:np.ndarray) -> np.ndarray:
     out, seen, k = np.empty(len(users), int), set(), 0
     for i, u in enumerate(users):
         if u in seen: k, seen = k + 1, set()
-        seen.add(u); out[i] = k
+        seen.add(u)
+        out[i] = k
     return out
 
-def replay_online(store, req:pd.DataFrame, velocity:pd.DataFrame, read_before=pd.Timedelta(milliseconds=1)) -> pd.DataFrame:
+# %% ../nbs/03_features.ipynb #b6e2ba83
+def replay_online(store, req:pd.DataFrame, velocity:pd.DataFrame,
+                  read_before=pd.Timedelta(milliseconds=1)) -> pd.DataFrame:
     "Features the online path returns for requests `req` (keys, `amount`, `ts`), replayed in time order."
     from feast.data_source import PushMode
-    order = req.index; req = req.sort_values('ts', kind='stable'); parts = []
+    order = req.index
+    req = req.sort_values('ts', kind='stable')
+    parts = []
     vel = velocity.sort_values('event_timestamp')
-    for day, r in req.groupby((req.ts - read_before).dt.floor('D'), sort=True):   # the day of the moment features are read
+    # the day of the moment features are read
+    for day, r in req.groupby((req.ts - read_before).dt.floor('D'), sort=True):
         materialize(store, day + pd.Timedelta(seconds=1))
-        mine = vel[vel.user_id.isin(r.user_id.unique())]   # the day's users only: each merge below factorises fewer keys
+        # the day's users only: each merge below factorises fewer keys
+        mine = vel[vel.user_id.isin(r.user_id.unique())]
         for _, c in r.groupby(_chunks(r.user_id.to_numpy()), sort=True):
             q = c[['user_id']].assign(event_timestamp=c.ts - read_before).sort_values('event_timestamp')
             cur = pd.merge_asof(q, mine, on='event_timestamp', by='user_id', direction='backward', suffixes=('', '_v'))
             cur = cur.dropna(subset=['user_tx_5m']).astype({'user_tx_5m': 'int64', 'user_tx_60m': 'int64'})
-            if len(cur): store.push('user_velocity_push', cur[['user_id', 'event_timestamp', 'created', 'user_tx_5m', 'user_tx_60m']], to=PushMode.ONLINE)
+            if len(cur):
+                store.push('user_velocity_push', cur[['user_id', 'event_timestamp', 'created',
+                                                      'user_tx_5m', 'user_tx_60m']], to=PushMode.ONLINE)
             parts.append(online_features(store, c))
     return pd.concat(parts).loc[order]

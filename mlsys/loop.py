@@ -20,8 +20,8 @@ from .monitor import WATCH_CATEGORICAL, WATCH_NUMERIC
 from .retrain import RetrainConfig
 
 # %% auto #0
-__all__ = ['POLICIES', 'loop_config', 'LoopError', 'LoopConfig', 'make_policy', 'replay_world', 'recovery_days', 'run_loop',
-           'plot_loop', 'held_back_workspace']
+__all__ = ['POLICIES', 'loop_config', 'LoopError', 'LoopConfig', 'make_policy', 'held_back_workspace', 'replay_world',
+           'recovery_days', 'plot_loop', 'run_loop', 'loop_metrics']
 
 # %% ../nbs/11a_loop.ipynb #c3ee4a9c
 POLICIES = ('none', 'schedule', 'drift', 'performance', 'hybrid')
@@ -29,32 +29,45 @@ POLICIES = ('none', 'schedule', 'drift', 'performance', 'hybrid')
 class LoopError(ValueError):
     "A loop that cannot run as configured, or input it cannot use; the message names the field, the value and the rule."
 
-class LoopConfig(BaseModel):
+class LoopConfig(BaseModel):   # long because every knob of the loop is a field, validated in one place
     "Every knob of the closed loop: the days replayed, the policies compared, the monitor and the retrain."
     model_config = ConfigDict(extra='forbid', frozen=True)
     name: str = Field('fraud', min_length=1, description='registered model name')
-    simulate_days: int|None = Field(None, ge=1, description="production days replayed (default: the manifest's `future_days`)")
-    policies: tuple[str, ...] = Field(('none', 'schedule', 'hybrid'), min_length=1, description=f'policies compared, each one of {POLICIES}')
-    schedule_days: int = Field(14, ge=1, description='schedule (alone or in the hybrid): retrain this many days after the last retrain')
-    cooldown_days: int = Field(4, ge=0, description='hybrid: days after a retrain in which drift and performance cannot fire')
+    simulate_days: int|None = Field(None, ge=1,
+                                    description="production days replayed (default: the manifest's `future_days`)")
+    policies: tuple[str, ...] = Field(('none', 'schedule', 'hybrid'), min_length=1,
+                                      description=f'policies compared, each one of {POLICIES}')
+    schedule_days: int = Field(14, ge=1,
+                               description='schedule (alone or in the hybrid): days from the last retrain to the next')
+    cooldown_days: int = Field(4, ge=0,
+                               description='hybrid: days after a retrain in which drift and performance cannot fire')
     drift_patience: int = Field(1, ge=1, description='drifted days in a row before the drift trigger fires')
     min_perf: float = Field(0.5, gt=0, le=1, description='performance trigger: provisional AUPRC below this fires')
-    min_labelled: int = Field(15, ge=1, description='performance trigger: labelled frauds needed behind the provisional AUPRC')
-    perf_days: int = Field(7, ge=1, description='trailing days of predictions behind the provisional AUPRC (never before the model went live)')
-    reference_days: int = Field(7, ge=1, description="detector reference: the last days of the production model's training window")
+    min_labelled: int = Field(15, ge=1,
+                              description='performance trigger: labelled frauds needed behind the provisional AUPRC')
+    perf_days: int = Field(7, ge=1,
+                           description='trailing days of predictions behind the provisional AUPRC, from go-live on')
+    reference_days: int = Field(7, ge=1, description="detector reference: the last days before the model went live")
     watch_numeric: tuple[str, ...] = WATCH_NUMERIC
     watch_categorical: tuple[str, ...] = WATCH_CATEGORICAL
     p_val: float = Field(0.05, gt=0, lt=1, description='family-wise level of the drift tests of one day')
     psi_threshold: float = Field(0.1, gt=0, description='a significant feature drifts only when its PSI reaches this')
     concept_min_positives: int = Field(20, ge=1)
-    concept_margin: float = Field(0.15, ge=0, le=1, description='concept alarm: pooled provisional recall this far below the reference')
+    concept_margin: float = Field(0.15, ge=0, le=1,
+                                  description='concept alarm: pooled provisional recall this far below the reference')
     concept_alpha: float = Field(0.001, gt=0, lt=1)
     concept_window: int = Field(3, ge=1, description='prediction days pooled by the concept check')
-    concept_patience: int = Field(2, ge=1, description='days in a row the concept check must fail before its alarm is raised')
+    concept_patience: int = Field(2, ge=1,
+                                  description='days in a row the concept check must fail before its alarm is raised')
     recovery_window: int = Field(3, ge=1, description='recovery: trailing days of final AUPRC averaged')
     recovery_margin: float = Field(0.1, ge=0, le=1, description='recovery: back within this of the pre-drift median')
-    retrain: RetrainConfig = RetrainConfig(epochs=8, train_days=35, split='users', min_auprc=0.3, tolerance=0.1, max_gap=0.35)
+    retrain: RetrainConfig = RetrainConfig(epochs=8, train_days=35, split='users', min_auprc=0.3, tolerance=0.1,
+                                           max_gap=0.35)
     log_features: bool = Field(True, description='write the watched features of each prediction to the log')
+
+    @field_validator('policies', mode='before')
+    @classmethod
+    def _split(cls, v): return tuple(p.strip() for p in v.split(',') if p.strip()) if isinstance(v, str) else v
 
     @field_validator('policies')
     @classmethod
@@ -79,40 +92,77 @@ def make_policy(name:str, cfg:LoopConfig):
     if name == 'hybrid': return Hybrid(Schedule(cfg.schedule_days), drift(), perf(), cooldown_days=cfg.cooldown_days)
     raise LoopError(f'policy={name!r}: must be one of {POLICIES}')
 
+# %% ../nbs/11a_loop.ipynb #5d3a040a
+def held_back_workspace(root:str|Path, # the new workspace
+                        warmup_days:int=45, # days landed before go-live
+                        simulate_days:int=60, # production days held back
+                        seed:int=42, shift_day:int|None=30, drift_day:int|None=40, # onsets, in production days
+                        config:RetrainConfig|None=None, name:str='fraud',
+                        **world) -> Workspace: # other `WorldConfig` knobs
+    "A workspace like `mlsys run -p simulate_days N`: the first `warmup_days` of a longer world, a first model."
+    from mlsys.features import activate, build_repo, feature_tables
+    from mlsys.retrain import retrain
+    from mlsys.world import simulate, write_lake
+    on = lambda d: None if d is None else warmup_days + d
+    w = simulate(seed=seed, n_days=warmup_days + simulate_days, shift_day=on(shift_day), drift_day=on(drift_day),
+                 **world)
+    live = pd.Timestamp(w.manifest['start'], tz='UTC') + pd.Timedelta(days=warmup_days)
+    held = {'as_of': str(live), 'n_days': warmup_days, 'future_days': simulate_days}
+    w = replace(w, interactions=w.interactions[w.interactions.ts < live], manifest={**w.manifest, **held})
+    ws = Workspace(root).ensure()
+    write_lake(w, ws.lake)
+    activate(ws.features, build_repo(ws.features, feature_tables(ws.lake)))
+    r = retrain(ws, name, live, config=config or LoopConfig().retrain, reason='first production model')
+    if not r['promoted']: raise LoopError(f"the first model was not promoted: {r['reason']}")
+    return ws
+
 # %% ../nbs/11a_loop.ipynb #c3b4bee9
 def _prod_days(man:dict) -> tuple[int, int]:
     "World day on which production starts, and the number of held-back days."
     for k in ('config', 'future_days', 'start'):
-        if man.get(k) is None: raise LoopError(f"manifest['{k}'] is missing: the lake was not landed with held-back days (run `mlsys run -p simulate_days N`)")
+        if man.get(k) is None:
+            raise LoopError(f"manifest['{k}'] is missing: the lake was not landed with held-back days "
+                            "(run `mlsys run -p simulate_days N`)")
     total, fut = man['config'].get('n_days'), man['future_days']
     if not isinstance(fut, int) or fut < 1: raise LoopError(f"manifest['future_days']={fut!r}: must be an integer >= 1")
-    if not isinstance(total, int) or total <= fut: raise LoopError(f"manifest['config']['n_days']={total!r}: must exceed future_days={fut}")
+    if not isinstance(total, int) or total <= fut:
+        raise LoopError(f"manifest['config']['n_days']={total!r}: must exceed future_days={fut}")
     return total - fut, fut
 
 def _onset(man:dict, key:str, day0:int) -> int|None:
     "Production day on which drift `key` ('covariate_shift' or 'concept_drift') begins, or None."
-    d = man.get(key); return None if not d or d.get('day') is None else int(d['day']) - day0
+    d = man.get(key)
+    return None if not d or d.get('day') is None else int(d['day']) - day0
 
+def _check_prefix(world, man:dict, live:pd.Timestamp):
+    "A `LoopError` unless the re-simulated `world`'s transactions before `live` are the ones the lake landed."
+    landed = world.transactions[world.transactions.ts < live].reset_index(drop=True)
+    want, why = man.get('tables', {}).get('transactions', {}), "the manifest's config does not reproduce the lake"
+    if want.get('rows') is not None and want['rows'] != len(landed):
+        raise LoopError(f"re-simulated world has {len(landed):,} transactions before {live.date()}, "
+                        f"the lake {want['rows']:,}: {why}")
+    if want.get('hash') and frame_hash(landed) != want['hash'] and not man['config'].get('fault'):
+        raise LoopError(f"transactions hash {frame_hash(landed)} != the lake's {want['hash']}: {why}")
+
+# %% ../nbs/11a_loop.ipynb #e9fb40e5
 def replay_world(lake:str|Path, # the landed lake, with its manifest
                  out_dir:str|Path, # where the private lake and feature repo go
-                 progress:Callable[[str], None]|None=None) -> dict: # world, manifest, features (`pit`), production start, onsets
-    "Re-simulate the world of `lake`'s manifest, check its landed prefix, land it whole under `out_dir` and compute every transaction's point-in-time features."
+                 progress:Callable[[str], None]|None=None) -> dict: # world, manifest, features (`pit`), go-live, onsets
+    "Re-simulate `lake`'s world, check the days it landed, land it under `out_dir`, compute its point-in-time features."
     from mlsys.features import build_repo, feature_tables, open_store
     from mlsys.pit import fast_training_set, fraud_entities
     from mlsys.world import WorldConfig, read_manifest, simulate, write_lake
-    say = progress or (lambda m: None); man = read_manifest(lake); day0, fut = _prod_days(man)
+    say, man, out = progress or (lambda m: None), read_manifest(lake), Path(out_dir)
+    day0, fut = _prod_days(man)
     world = simulate(WorldConfig(**{**man['config'], 'fault': None}))
-    start = pd.Timestamp(man['start'], tz='UTC'); live = start + pd.Timedelta(days=day0)
-    landed, want = world.transactions[world.transactions.ts < live].reset_index(drop=True), man.get('tables', {}).get('transactions', {})
-    if want.get('rows') is not None and want['rows'] != len(landed):
-        raise LoopError(f"re-simulated world has {len(landed):,} transactions before {live.date()}, the lake {want['rows']:,}: the manifest's config does not reproduce the lake")
-    if want.get('hash') and frame_hash(landed) != want['hash'] and not man['config'].get('fault'):
-        raise LoopError(f"transactions hash {frame_hash(landed)} != the lake's {want['hash']}: the manifest's config does not reproduce the lake")
+    live = pd.Timestamp(man['start'], tz='UTC') + pd.Timedelta(days=day0)
+    _check_prefix(world, man, live)
     say(f'world re-simulated: {len(world.transactions):,} transactions, the first {day0} days match the lake')
-    out = Path(out_dir); private = replace(world, interactions=world.interactions.iloc[:1000])
-    write_lake(private, out/'lake'); store = open_store(build_repo(out/'features', feature_tables(out/'lake')))
-    pit = fast_training_set(store, fraud_entities(world.transactions)).sort_values('event_timestamp', kind='stable').reset_index(drop=True)
-    pit['day'] = ((pit.event_timestamp - live) // pd.Timedelta(days=1)).astype(int)   # production day; negative before go-live
+    write_lake(replace(world, interactions=world.interactions.iloc[:1000]), out/'lake')
+    store = open_store(build_repo(out/'features', feature_tables(out/'lake')))
+    pit = fast_training_set(store, fraud_entities(world.transactions))
+    pit = pit.sort_values('event_timestamp', kind='stable').reset_index(drop=True)
+    pit['day'] = ((pit.event_timestamp - live) // pd.Timedelta(days=1)).astype(int)   # negative before go-live
     say(f'point-in-time features of {len(pit):,} transactions')
     return {'world': world, 'manifest': man, 'pit': pit, 'live': live, 'day0': day0, 'future_days': fut,
             'shift_day': _onset(man, 'covariate_shift', day0), 'drift_day': _onset(man, 'concept_drift', day0)}
@@ -123,22 +173,31 @@ class _Service:
     def __init__(self, reg, name:str, pit:pd.DataFrame, truth:pd.DataFrame, cfg:LoopConfig, day:int, live:pd.Timestamp):
         from mlsys.monitor import DriftDetector
         from mlsys.serve import load_served
-        self.served = s = load_served(reg, name, 'production'); self.version, self.since = int(s.version), day
-        self.inputs = list(s.transform.numeric) + list(s.transform.categorical)
+        self.served = load_served(reg, name, 'production')
+        self.version, self.since = int(self.served.version), day
+        self.inputs = list(self.served.transform.numeric) + list(self.served.transform.categorical)
         end = live   # the references: the days before the model went live, on rows it was not trained on
-        pit = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= end - pd.Timedelta(days=max(cfg.reference_days, 14)))]
+        start = end - pd.Timedelta(days=max(cfg.reference_days, 14))
+        pit = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= start)]
         if reg.spec(name, self.version).get('split') == 'users':
             from mlsys.train import holdout_panel
             pit = pit[holdout_panel(pit.user_id) > 0]   # its training rows reach up to go-live: keep the held-out users
         ref = pit[pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days)]
-        if len(ref) < 100: raise LoopError(f'model {name}:{self.version}: {len(ref)} reference rows before {end}: need at least 100 (reference_days={cfg.reference_days})')
-        ref = self.score(ref)
-        self.data = DriftDetector(ref, cfg.watch_numeric, cfg.watch_categorical, p_val=cfg.p_val, psi_threshold=cfg.psi_threshold)
-        self.pred = DriftDetector(ref, ['score'], ['decision'], p_val=cfg.p_val, psi_threshold=cfg.psi_threshold)
-        known = pit[pit.event_timestamp >= end - pd.Timedelta(days=14)]
-        lab = truth.reindex(known.transaction_id.to_numpy()); ok = (lab.available_at <= end).to_numpy()
-        y, flag = lab.is_fraud.to_numpy()[ok].astype(bool), self.score(known[ok]).decision.to_numpy() != 'approve'
-        self.reference_recall = float(flag[y].mean()) if y.sum() >= 5 else 0.9
+        if len(ref) < 100:
+            raise LoopError(f'model {name}:{self.version}: {len(ref)} reference rows before {end}: need at least 100 '
+                            f'(reference_days={cfg.reference_days})')
+        ref, kw = self.score(ref), {'p_val': cfg.p_val, 'psi_threshold': cfg.psi_threshold}
+        self.data = DriftDetector(ref, cfg.watch_numeric, cfg.watch_categorical, **kw)
+        self.pred = DriftDetector(ref, ['score'], ['decision'], **kw)
+        self.reference_recall = self._recall(pit[pit.event_timestamp >= end - pd.Timedelta(days=14)], truth, end)
+
+    def _recall(self, known:pd.DataFrame, truth:pd.DataFrame, end:pd.Timestamp) -> float:
+        "Recall at the review threshold on the labels of `known` that arrived by `end` (0.9 below five frauds)."
+        lab = truth.reindex(known.transaction_id.to_numpy())
+        arrived = (lab.available_at <= end).to_numpy()
+        fraud = lab.is_fraud.to_numpy()[arrived].astype(bool)
+        flagged = self.score(known[arrived]).decision.to_numpy() != 'approve'
+        return float(flagged[fraud].mean()) if fraud.sum() >= 5 else 0.9
 
     def missing(self, frame:pd.DataFrame) -> list[str]:
         "Inputs of the model that `frame` lacks."
@@ -146,25 +205,30 @@ class _Service:
 
     def score(self, frame:pd.DataFrame) -> pd.DataFrame:
         "`frame` with the served model's `score` and `decision`, scored in one batch."
-        s = self.served.scores(frame[self.inputs].to_dict('records')) if len(frame) else np.zeros(0)
-        return frame.assign(score=s, decision=self.served.decide(s) if len(frame) else np.array([], dtype=object))
+        if not len(frame): return frame.assign(score=np.zeros(0), decision=np.array([], dtype=object))
+        s = self.served.scores(frame[self.inputs].to_dict('records'))
+        return frame.assign(score=s, decision=self.served.decide(s))
 
 # %% ../nbs/11a_loop.ipynb #e23feec2
 def _cols(frame:pd.DataFrame, cfg:LoopConfig) -> list[str]:
+    "The watched features that `frame` has, each once."
     return [c for c in dict.fromkeys([*cfg.watch_numeric, *cfg.watch_categorical]) if c in frame.columns]
 
 def _log(log, scored:pd.DataFrame, version:int, cfg:LoopConfig) -> int:
     "Write the day's predictions to the prediction log, one append per day."
     feats = scored[_cols(scored, cfg)].to_dict('records') if cfg.log_features else [None] * len(scored)
     ts = (scored.event_timestamp + pd.Timedelta(milliseconds=1)).dt.strftime('%Y-%m-%dT%H:%M:%S.%f+00:00')
-    return log.write({'request_id': str(t), 'transaction_id': int(t), 'ts': s, 'model_version': version, 'score': float(sc), 'decision': dc,
-                      'user_id': u, 'device_id': dv, 'features': f}
-                     for t, s, sc, dc, u, dv, f in zip(scored.transaction_id, ts, scored.score, scored.decision, scored.user_id, scored.device_id, feats))
+    rows = zip(scored.transaction_id, ts, scored.score, scored.decision, scored.user_id, scored.device_id, feats)
+    return log.write({'request_id': str(t), 'transaction_id': int(t), 'ts': s, 'model_version': version,
+                      'score': float(sc), 'decision': dc, 'user_id': u, 'device_id': dv, 'features': f}
+                     for t, s, sc, dc, u, dv, f in rows)
+
+_HISTORY = ['transaction_id', 'event_timestamp', 'ts', 'score', 'decision', 'is_fraud', 'available_at']
 
 def _window(history:dict, first:int, last:int) -> pd.DataFrame:
     "The predictions of days `first`..`last` kept in memory."
     parts = [history[d] for d in range(max(first, 0), last + 1) if d in history]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=['transaction_id', 'event_timestamp', 'ts', 'score', 'decision', 'is_fraud', 'available_at'])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=_HISTORY)
 
 # %% ../nbs/11a_loop.ipynb #21630c78
 class _Replay:
@@ -173,69 +237,107 @@ class _Replay:
         from mlsys.monitor import PredictionLog
         from mlsys.registry import Registry
         self.name, self.cfg, self.data = policy, cfg, data
-        self.ws = Workspace(Path(out_dir)/policy); shutil.rmtree(self.ws.root, ignore_errors=True); self.ws.ensure()
-        shutil.rmtree(self.ws.models); shutil.copytree(ws.models, self.ws.models)   # the main registry is never touched
-        self.reg, self.policy, self.log = Registry(self.ws.models), make_policy(policy, cfg), PredictionLog(self.ws.monitoring/'predictions')
-        w = data['world']; self.truth = w.labels.set_index('transaction_id')[['is_fraud', 'available_at']]
+        self.ws = Workspace(Path(out_dir)/policy)
+        shutil.rmtree(self.ws.root, ignore_errors=True)
+        self.ws.ensure()
+        shutil.rmtree(self.ws.models)
+        shutil.copytree(ws.models, self.ws.models)   # the main registry is never touched
+        self.reg, self.policy = Registry(self.ws.models), make_policy(policy, cfg)
+        self.log = PredictionLog(self.ws.monitoring/'predictions')
+        world = data['world']
+        self.truth = world.labels.set_index('transaction_id')[['is_fraud', 'available_at']]
         self.svc = _Service(self.reg, cfg.name, data['pit'], self.truth, cfg, 0, data['live'])
-        self.logged = np.zeros(int(w.transactions.transaction_id.max()) + 1, bool)
+        self.logged = np.zeros(int(world.transactions.transaction_id.max()) + 1, bool)
         self.history, self.timeline, self.retrains, self.concept_streak = {}, [], [], 0
 
-    def traffic(self, frame:pd.DataFrame, row:dict) -> dict|None:
-        "Score, log and monitor one day's `frame`; the monitor's output, or None when the day cannot be scored (reason in `row`)."
-        from mlsys.monitor import MonitorError, monitor_day
-        if not len(frame): row['note'] = 'no traffic'; return None
-        if (miss := self.svc.missing(frame)): row['note'] = f'skipped: features missing column(s) {miss}'; return None
-        scored = self.svc.score(frame); _log(self.log, scored, self.svc.version, self.cfg)
-        self.logged[scored.transaction_id.to_numpy()] = True
-        lab = self.truth.reindex(scored.transaction_id.to_numpy())
-        self.history[row['day']] = scored[['transaction_id', 'event_timestamp', 'score', 'decision']].assign(
-            ts=scored.event_timestamp, is_fraud=lab.is_fraud.to_numpy(), available_at=lab.available_at.to_numpy())
-        c = self.cfg; hist = _window(self.history, max(self.svc.since, row['day'] - 20), row['day'])
-        try: return monitor_day(self.svc.data, scored, self.svc.pred, history=hist, labels=None, as_of=row['_end'], reference_recall=self.svc.reference_recall,
-                                concept_kw={'min_positives': c.concept_min_positives, 'margin': c.concept_margin, 'alpha': c.concept_alpha, 'window': c.concept_window})
-        except MonitorError as e: row['note'] = f'not monitored: {e}'; return None
-
-# %% ../nbs/11a_loop.ipynb #55940a81
-def _retrain_summary(r:dict) -> dict:
-    m = r.get('metrics') or {}; cand, prod = m.get('candidate') or {}, m.get('production') or {}
-    return {'version': r['version'], 'promoted': r['promoted'], 'reason': r['reason'][:400], 'seconds': r['seconds'],
-            'failed_gates': [g['name'] for g in r['gates'] if not g['passed']], 'candidate_auprc': cand.get('auprc'), 'production_auprc': prod.get('auprc'),
-            'production_before': r['production_before'], 'production_after': r['production_after']}
+# %% ../nbs/11a_loop.ipynb #7b1460ca
+@patch
+def traffic(self:_Replay, frame:pd.DataFrame, row:dict) -> dict|None:
+    "Score, log and monitor one day's `frame`; the monitor's output, or None when it cannot be scored (`row` says why)."
+    from mlsys.monitor import MonitorError, monitor_day
+    miss = self.svc.missing(frame) if len(frame) else []
+    row['note'] = 'no traffic' if not len(frame) else f'skipped: features missing column(s) {miss}' if miss else None
+    if row['note']: return None
+    scored = self.svc.score(frame)
+    _log(self.log, scored, self.svc.version, self.cfg)
+    self.logged[scored.transaction_id.to_numpy()] = True
+    lab = self.truth.reindex(scored.transaction_id.to_numpy())
+    self.history[row['day']] = scored[['transaction_id', 'event_timestamp', 'score', 'decision']].assign(
+        ts=scored.event_timestamp, is_fraud=lab.is_fraud.to_numpy(), available_at=lab.available_at.to_numpy())
+    c = self.cfg
+    hist = _window(self.history, max(self.svc.since, row['day'] - 20), row['day'])
+    kw = {'min_positives': c.concept_min_positives, 'margin': c.concept_margin, 'alpha': c.concept_alpha,
+          'window': c.concept_window}
+    try: return monitor_day(self.svc.data, scored, self.svc.pred, history=hist, labels=None, as_of=row['_end'],
+                            reference_recall=self.svc.reference_recall, concept_kw=kw)
+    except MonitorError as e: row['note'] = f'not monitored: {e}'
 
 @patch
 def perf(self:_Replay, day:int, end:pd.Timestamp) -> dict:
     "Provisional AUPRC of the model in service over its last `perf_days` of predictions, on the labels known at `end`."
     w = _window(self.history, max(self.svc.since, day - self.cfg.perf_days + 1), day)
     known = w[(w.available_at <= end).to_numpy()] if len(w) else w
-    y = known.is_fraud.to_numpy(bool); pos = int(y.sum())
+    y = known.is_fraud.to_numpy(bool)
+    pos = int(y.sum())
     auprc = float(average_precision_score(y, known.score.to_numpy(float))) if 0 < pos < len(y) else None
     return {'auprc_known': auprc, 'known_positives': pos, 'share_labelled': len(known) / len(w) if len(w) else None}
+
+# %% ../nbs/11a_loop.ipynb #71e31e96
+def _retrain_summary(r:dict) -> dict:
+    "What the timeline keeps of a `retrain` record."
+    m = r.get('metrics') or {}
+    cand, prod = m.get('candidate') or {}, m.get('production') or {}
+    return {'version': r['version'], 'promoted': r['promoted'], 'reason': r['reason'][:400], 'seconds': r['seconds'],
+            'failed_gates': [g['name'] for g in r['gates'] if not g['passed']], 'candidate_auprc': cand.get('auprc'),
+            'production_auprc': prod.get('auprc'), 'production_before': r['production_before'],
+            'production_after': r['production_after']}
+
+@patch
+def act(self:_Replay, day:int, end:pd.Timestamp, row:dict):
+    "Ask the policy with the day's signals in `row`; when it fires, retrain at `end`; a promoted model serves next day."
+    from mlsys.retrain import retrain, signals
+    alarms, world = row['alarms'], self.data['world']
+    sig = signals(day=day, data_drift='data_drift' in alarms, prediction_drift='prediction_drift' in alarms,
+                  drift_score=row['drift_data'] or 0.0, performance=row['auprc_known'],
+                  n_labelled_pos=row['known_positives'])
+    d = self.policy.decide(day, sig)
+    row.update(triggers=d.reasons, suppressed=d.suppressed, retrain=None)
+    if not d.retrain: return
+    r = retrain(self.ws, self.cfg.name, end, features=self.data['pit'], labels=world.labels, users=world.users,
+                config=self.cfg.retrain, reason='; '.join(d.reasons), on_error='record')
+    row['retrain'] = s = {'day': day, 'triggers': d.reasons, **_retrain_summary(r)}
+    self.retrains.append(s)
+    if r['promoted']: self.svc = _Service(self.reg, self.cfg.name, self.data['pit'], self.truth, self.cfg, day + 1, end)
+
+# %% ../nbs/11a_loop.ipynb #6d8b438e
+_QUIET = {'drift_data': None, 'drifted': [], 'drift_prediction': None, 'flag_rate': None, 'alarms': [],
+          'concept_alarm_days': []}
+
+def _monitored(mon:dict|None) -> dict:
+    "The timeline's columns of a day's `monitor_day` output (`_QUIET` when the day was not monitored)."
+    if mon is None: return dict(_QUIET)
+    return {'drift_data': mon['data']['score'], 'drifted': mon['data']['drifted'],
+            'drift_prediction': mon['prediction']['score'], 'flag_rate': mon['prediction'].get('flag_rate'),
+            'alarms': mon['alarms'],
+            'concept_alarm_days': mon['concept']['alarm_days']}
 
 @patch
 def day(self:_Replay, day:int, frame:pd.DataFrame, arrived:np.ndarray) -> dict:
     "Live production day `day` under this policy; its timeline row."
-    from mlsys.retrain import retrain, signals
-    t = time.perf_counter(); end = self.data['live'] + pd.Timedelta(days=day + 1)
-    row = {'day': day, 'date': str((end - pd.Timedelta(days=1)).date()), 'model_version': self.svc.version, 'n': len(frame), '_end': end, 'note': None,
-           'labels_arrived': len(arrived), 'labels_unknown': int((~self.logged[arrived]).sum())}
+    t, end = time.perf_counter(), self.data['live'] + pd.Timedelta(days=day + 1)
+    row = {'day': day, 'date': str((end - pd.Timedelta(days=1)).date()), 'model_version': self.svc.version,
+           'n': len(frame), '_end': end, 'note': None, 'labels_arrived': len(arrived),
+           'labels_unknown': int((~self.logged[arrived]).sum())}
     mon = self.traffic(frame, row)
     row.update(self.perf(day, end))
-    row.update({'drift_data': None if mon is None else mon['data']['score'], 'drifted': [] if mon is None else mon['data']['drifted'],
-                'drift_prediction': None if mon is None else mon['prediction']['score'], 'flag_rate': None if mon is None else mon['prediction'].get('flag_rate'),
-                'alarms': [] if mon is None else mon['alarms'], 'concept_alarm_days': [] if mon is None else mon['concept']['alarm_days']})
+    row.update(_monitored(mon))
     self.concept_streak = self.concept_streak + 1 if 'concept_drift' in row['alarms'] else 0
     if 0 < self.concept_streak < self.cfg.concept_patience:   # a check that failed once is noted, not yet an alarm
         row['alarms'] = [a for a in row['alarms'] if a != 'concept_drift']
-    sig = signals(day=day, data_drift='data_drift' in row['alarms'], prediction_drift='prediction_drift' in row['alarms'],
-                  drift_score=row['drift_data'] or 0.0, performance=row['auprc_known'], n_labelled_pos=row['known_positives'])
-    d = self.policy.decide(day, sig); row.update(triggers=d.reasons, suppressed=d.suppressed, retrain=None)
-    if d.retrain:
-        r = retrain(self.ws, self.cfg.name, end, features=self.data['pit'], labels=self.data['world'].labels, users=self.data['world'].users,
-                    config=self.cfg.retrain, reason='; '.join(d.reasons), on_error='record')
-        row['retrain'] = s = {'day': day, 'triggers': d.reasons, **_retrain_summary(r)}; self.retrains.append(s)
-        if r['promoted']: self.svc = _Service(self.reg, self.cfg.name, self.data['pit'], self.truth, self.cfg, day + 1, end)
-    row.pop('_end'); row['seconds'] = round(time.perf_counter() - t, 3); self.timeline.append(row)
+    self.act(day, end, row)
+    row.pop('_end')
+    row['seconds'] = round(time.perf_counter() - t, 3)
+    self.timeline.append(row)
     return row
 
 # %% ../nbs/11a_loop.ipynb #6ada0249
@@ -247,117 +349,141 @@ def _first(timeline:list[dict], kind:str, onset:int|None) -> int|None:
 def _final_auprc(history:dict) -> dict[int, float|None]:
     "Each day's AUPRC on every label."
     y = lambda h: h.is_fraud.to_numpy(bool)
-    return {d: float(average_precision_score(y(h), h.score)) if 0 < y(h).sum() < len(h) else None for d, h in history.items()}
+    return {d: float(average_precision_score(y(h), h.score)) if 0 < y(h).sum() < len(h) else None
+            for d, h in history.items()}
 
 def recovery_days(auprc:Sequence[float|None], # final AUPRC per production day, day 0 first
                   onset:int, # the day the drift begins
                   baseline:float, # the clean-day median
                   window:int=3, margin:float=0.1) -> int|None:
-    "Days from `onset` until the trailing `window`-day mean AUPRC (onset days only) is back within `margin` of `baseline`; None if never."
+    "Days from `onset` until the trailing `window`-day mean AUPRC (onset days on) is within `margin` of `baseline`."
     a = pd.Series([np.nan if v is None else v for v in auprc], dtype=float)
     for d in range(onset + window - 1, len(a)):
         if a[d - window + 1:d + 1].mean() >= baseline - margin: return d - onset
     return None
 
 # %% ../nbs/11a_loop.ipynb #2bfa16ce
+def _replay(rp:_Replay, data:dict, n:int, edit, say):
+    "Days 0 to `n - 1` under `rp`'s policy, then the final AUPRC of each day in its timeline."
+    pit, lab, t0 = data['pit'], data['world'].labels, time.perf_counter()
+    bounds = np.searchsorted(pit.day.to_numpy(), np.arange(n + 1))
+    lday, ids = ((lab.available_at - data['live']) // pd.Timedelta(days=1)).to_numpy(), lab.transaction_id.to_numpy()
+    for day in range(n):
+        frame = pit.iloc[bounds[day]:bounds[day + 1]]
+        rp.day(day, frame if edit is None else edit(day, frame), ids[lday == day])
+    final = _final_auprc(rp.history)
+    for r in rp.timeline: r['auprc_final'] = final.get(r['day'])
+    days = [r['day'] for r in rp.retrains]
+    say(f'{rp.name}: {n} days in {time.perf_counter() - t0:.0f} s, {len(days)} retrain(s) on days {days}')
+
 def _policy_summary(rp:_Replay, onsets:dict, baseline:float|None, cfg:LoopConfig) -> dict:
-    tl, rs = rp.timeline, rp.retrains; auprc = [r['auprc_final'] for r in tl]; drift = onsets['drift_day']
+    "One policy's figures: its retrains, its final AUPRC, its detection delays, clean-day alarms and recovery."
+    tl, rs, drift, shift = rp.timeline, rp.retrains, onsets['drift_day'], onsets['shift_day']
+    auprc = [r['auprc_final'] for r in tl]
     post = [v for r, v in zip(tl, auprc) if drift is not None and r['day'] >= drift and v is not None]
-    return {'retrains': len(rs), 'promoted': sum(r['promoted'] for r in rs), 'refused': sum(not r['promoted'] and r['version'] is not None for r in rs),
-            'crashed': sum(r['version'] is None for r in rs), 'retrain_days': [r['day'] for r in rs], 'retrain_seconds': round(sum(r['seconds'] or 0 for r in rs), 1),
-            'final_model_version': rp.svc.version, 'mean_auprc_final': float(np.nanmean([np.nan if v is None else v for v in auprc])) if auprc else None,
-            'mean_auprc_final_after_drift': float(np.mean(post)) if post else None,
-            'recovery_days': None if drift is None or baseline is None else recovery_days(auprc, drift, baseline, cfg.recovery_window, cfg.recovery_margin),
-            'covariate_shift_detection_delay_days': _first(tl, 'data_drift', onsets['shift_day']),
+    back = None if drift is None or baseline is None else \
+        recovery_days(auprc, drift, baseline, cfg.recovery_window, cfg.recovery_margin)
+    return {'retrains': len(rs), 'promoted': sum(r['promoted'] for r in rs),
+            'refused': sum(not r['promoted'] and r['version'] is not None for r in rs),
+            'crashed': sum(r['version'] is None for r in rs), 'retrain_days': [r['day'] for r in rs],
+            'retrain_seconds': round(sum(r['seconds'] or 0 for r in rs), 1), 'final_model_version': rp.svc.version,
+            'mean_auprc_final': float(np.nanmean([np.nan if v is None else v for v in auprc])) if auprc else None,
+            'mean_auprc_final_after_drift': float(np.mean(post)) if post else None, 'recovery_days': back,
+            'covariate_shift_detection_delay_days': _first(tl, 'data_drift', shift),
             'concept_drift_detection_delay_days': _first(tl, 'concept_drift', drift),
-            'false_alarms_clean_days': sum(bool(r['alarms']) for r in tl if onsets['shift_day'] is None or r['day'] < onsets['shift_day']),
-            'days_skipped': sum(bool(r['note']) and r['note'].startswith('skipped') for r in tl), 'days_without_traffic': sum(r['note'] == 'no traffic' for r in tl),
+            'false_alarms_clean_days': sum(bool(r['alarms']) for r in tl if shift is None or r['day'] < shift),
+            'days_skipped': sum(bool(r['note']) and r['note'].startswith('skipped') for r in tl),
+            'days_without_traffic': sum(r['note'] == 'no traffic' for r in tl),
             'labels_unknown': sum(r['labels_unknown'] for r in tl), 'seconds': round(sum(r['seconds'] for r in tl), 1)}
 
-def run_loop(ws:Workspace|str|Path, # a workspace landed with held-back days, with a production model
-             out_dir:str|Path, # where the private world, the sub-workspaces, loop.json and loop.png go
-             cfg:LoopConfig|None=None,
-             progress:Callable[[str], None]|None=None, # called with a line of text now and then (default: the log)
-             data:dict|None=None, # `replay_world`'s output, to reuse one world across calls
-             edit:Callable[[int, pd.DataFrame], pd.DataFrame]|None=None, # tests: change a day's traffic (e.g. drop a column) before it is served
-            ) -> dict: # config, policies (timeline, retrains, summary), the detection and recovery figures
-    "Replay the held-back production days of `ws` under each policy of `cfg`; write and return `loop.json`."
-    t0, cfg, out = time.perf_counter(), cfg or LoopConfig(), Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    ws = ws if isinstance(ws, Workspace) else Workspace(ws); say = progress or get_logger('mlsys.loop').info
-    data = data or replay_world(ws.lake, out, say); pit = data['pit']
-    n = cfg.simulate_days or data['future_days']
-    if n > data['future_days']: raise LoopError(f"simulate_days={n}: the lake holds back only {data['future_days']} days (manifest future_days)")
-    bounds = np.searchsorted(pit.day.to_numpy(), np.arange(n + 1))
-    lab = data['world'].labels; lday = ((lab.available_at - data['live']) // pd.Timedelta(days=1)).to_numpy()
-    ids = lab.transaction_id.to_numpy(); onsets = {k: data[k] for k in ('shift_day', 'drift_day')}
-    runs = {}
-    for p in cfg.policies:
-        rp = runs[p] = _Replay(p, ws, out, data, cfg); tp = time.perf_counter()
-        for day in range(n):
-            frame = pit.iloc[bounds[day]:bounds[day + 1]]
-            if edit is not None: frame = edit(day, frame)
-            rp.day(day, frame, ids[lday == day])
-        fin = _final_auprc(rp.history)
-        for r in rp.timeline: r['auprc_final'] = fin.get(r['day'])
-        say(f"{p}: {n} days in {time.perf_counter() - tp:.0f} s, {len(rp.retrains)} retrain(s) on days {[r['day'] for r in rp.retrains]}")
+# %% ../nbs/11a_loop.ipynb #e1736021
+def _baseline(runs:dict, drift_day:int|None, n:int) -> float|None:
+    "The median final AUPRC of the first model before the new fraud pattern (under `none`, else the first policy)."
     first = runs.get('none') or next(iter(runs.values()))
-    clean = [r['auprc_final'] for r in first.timeline if r['auprc_final'] is not None and r['day'] < (onsets['drift_day'] or n)
-             and r['model_version'] == first.timeline[0]['model_version']]   # the first model, before the new fraud pattern
-    baseline = float(np.median(clean)) if clean else None
-    pol = {p: {'timeline': rp.timeline, 'retrains': rp.retrains, 'summary': _policy_summary(rp, onsets, baseline, cfg)} for p, rp in runs.items()}
+    v1 = first.timeline[0]['model_version']
+    clean = [r['auprc_final'] for r in first.timeline
+             if r['auprc_final'] is not None and r['day'] < (drift_day or n) and r['model_version'] == v1]
+    return float(np.median(clean)) if clean else None
+
+def _result(cfg:LoopConfig, data:dict, n:int, runs:dict, baseline:float|None) -> dict:
+    "`loop.json`: the config, each policy's timeline, retrains and summary, and the figures of the judged policies."
+    onsets = {k: data[k] for k in ('shift_day', 'drift_day')}
+    pol = {p: {'timeline': rp.timeline, 'retrains': rp.retrains, 'summary': _policy_summary(rp, onsets, baseline, cfg)}
+           for p, rp in runs.items()}
     judge = 'hybrid' if 'hybrid' in pol else next(iter(pol))
     frozen = 'none' if 'none' in pol else judge   # the concept detector needs a model that serves across the onset
-    res = {'config': cfg.model_dump(mode='json'), 'days': n, 'production_start': str(data['live']), 'world_day_of_production_start': data['day0'],
-           'covariate_shift_day': onsets['shift_day'], 'concept_drift_day': onsets['drift_day'], 'pre_drift_median_auprc': baseline,
-           'judged_policy': judge, 'concept_judged_policy': frozen, 'policies': pol,
-           **{k: pol[judge]['summary'][k] for k in ('covariate_shift_detection_delay_days', 'false_alarms_clean_days')},
-           'concept_drift_detection_delay_days': pol[frozen]['summary']['concept_drift_detection_delay_days'],
-           'recovery_days': {p: v['summary']['recovery_days'] for p, v in pol.items()},
-           'hybrid_recovery_days': pol['hybrid']['summary']['recovery_days'] if 'hybrid' in pol else None,
-           'schedule_recovery_days': pol['schedule']['summary']['recovery_days'] if 'schedule' in pol else None,
-           'median_label_delay_days': float(data['world'].labels.label_delay_days.median())}
-    res['seconds'] = round(time.perf_counter() - t0, 1)
-    write_json(out/'loop.json', res)
-    fig = plot_loop(res); fig.savefig(out/'loop.png', dpi=90)
-    return res
+    back = lambda p: pol[p]['summary']['recovery_days'] if p in pol else None
+    return {'config': cfg.model_dump(mode='json'), 'days': n, 'production_start': str(data['live']),
+            'world_day_of_production_start': data['day0'], 'covariate_shift_day': onsets['shift_day'],
+            'concept_drift_day': onsets['drift_day'], 'pre_drift_median_auprc': baseline,
+            'judged_policy': judge, 'concept_judged_policy': frozen, 'policies': pol,
+            **{k: pol[judge]['summary'][k] for k in ('covariate_shift_detection_delay_days',
+                                                       'false_alarms_clean_days')},
+            'concept_drift_detection_delay_days': pol[frozen]['summary']['concept_drift_detection_delay_days'],
+            'recovery_days': {p: v['summary']['recovery_days'] for p, v in pol.items()},
+            'hybrid_recovery_days': back('hybrid'), 'schedule_recovery_days': back('schedule'),
+            'median_label_delay_days': float(data['world'].labels.label_delay_days.median())}
 
 # %% ../nbs/11a_loop.ipynb #8ff1084c
 def plot_loop(loop:dict): # `run_loop`'s result (or loop.json read back)
     "The timeline of every policy: final AUPRC per day with its retrains, the drift onsets, and the data-drift score."
     from matplotlib.figure import Figure   # no pyplot: safe in a job or a thread
-    fig = Figure(figsize=(9, 6)); ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [2, 1]})
+    fig = Figure(figsize=(9, 6))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True, gridspec_kw={'height_ratios': [2, 1]})
     for i, (p, v) in enumerate(loop['policies'].items()):
-        tl = pd.DataFrame(v['timeline']); c = f'C{i}'
-        ax1.plot(tl.day, tl.auprc_final.astype(float), color=c, lw=1.3, label=f"{p} ({v['summary']['retrains']} retrains)")
+        tl, c = pd.DataFrame(v['timeline']), f'C{i}'
+        auprc = tl.auprc_final.astype(float)
+        ax1.plot(tl.day, auprc, color=c, lw=1.3, label=f"{p} ({v['summary']['retrains']} retrains)")
         for r in v['retrains']:
-            y = tl.auprc_final.astype(float).get(r['day']); y = 0.02 if y is None or not np.isfinite(y) else y
+            y = auprc.get(r['day'])
+            y = 0.02 if y is None or not np.isfinite(y) else y
             ax1.scatter([r['day']], [y], marker='^' if r['promoted'] else 'x', color=c, s=60, zorder=3)
         ax2.plot(tl.day, tl.drift_data.astype(float), color=c, lw=1, label=f'{p}: data drift (max PSI)')
+    onsets = (('covariate_shift_day', 'C4', 'covariate shift'), ('concept_drift_day', 'C3', 'concept drift'))
     for ax in (ax1, ax2):
-        for k, col, lab in (('covariate_shift_day', 'C4', 'covariate shift'), ('concept_drift_day', 'C3', 'concept drift')):
+        for k, col, lab in onsets:
             if loop.get(k) is not None: ax.axvline(loop[k], color=col, ls=':', lw=1.2, label=lab if ax is ax1 else None)
     if loop.get('pre_drift_median_auprc') is not None:
-        ax1.axhline(loop['pre_drift_median_auprc'] - loop['config']['recovery_margin'], color='grey', lw=0.8, ls='--', label='recovered above')
-    ax1.set_ylabel('AUPRC, every label'); ax1.set_title('Final AUPRC of the model in service (▲ promoted retrain, × refused)'); ax1.legend(fontsize=7, loc='lower left')
-    ax2.axhline(loop['config']['psi_threshold'], color='k', ls='--', lw=0.8); ax2.set_yscale('log'); ax2.set_ylabel('max PSI'); ax2.set_xlabel('production day')
-    ax2.legend(fontsize=7, loc='upper left'); fig.tight_layout(); return fig
+        ax1.axhline(loop['pre_drift_median_auprc'] - loop['config']['recovery_margin'], color='grey', lw=0.8, ls='--',
+                    label='recovered above')
+    ax1.set(ylabel='AUPRC, every label', title='Final AUPRC of the model in service (▲ promoted retrain, × refused)')
+    ax1.legend(fontsize=7, loc='lower left')
+    ax2.axhline(loop['config']['psi_threshold'], color='k', ls='--', lw=0.8)
+    ax2.set(yscale='log', ylabel='max PSI', xlabel='production day')
+    ax2.legend(fontsize=7, loc='upper left')
+    fig.tight_layout()
+    return fig
 
-# %% ../nbs/11a_loop.ipynb #5d3a040a
-def held_back_workspace(root:str|Path, # the new workspace
-                        warmup_days:int=45, # days landed before go-live
-                        simulate_days:int=60, # production days held back
-                        seed:int=42, shift_day:int|None=30, drift_day:int|None=40, # onsets, in production days
-                        config:RetrainConfig|None=None, name:str='fraud', **world) -> Workspace: # other `WorldConfig` knobs
-    "A workspace like `mlsys run -p simulate_days N`: the first `warmup_days` of a longer world landed, the rest held back, a first production model."
-    from mlsys.features import activate, build_repo, feature_tables
-    from mlsys.retrain import retrain
-    from mlsys.world import simulate, write_lake
-    on = lambda d: None if d is None else warmup_days + d
-    w = simulate(seed=seed, n_days=warmup_days + simulate_days, shift_day=on(shift_day), drift_day=on(drift_day), **world)
-    live = pd.Timestamp(w.manifest['start'], tz='UTC') + pd.Timedelta(days=warmup_days)
-    w = replace(w, interactions=w.interactions[w.interactions.ts < live], manifest={**w.manifest, 'as_of': str(live), 'n_days': warmup_days, 'future_days': simulate_days})
-    ws = Workspace(root).ensure(); write_lake(w, ws.lake)
-    activate(ws.features, build_repo(ws.features, feature_tables(ws.lake)))
-    r = retrain(ws, name, live, config=config or LoopConfig().retrain, reason='first production model')
-    if not r['promoted']: raise LoopError(f"the first model was not promoted: {r['reason']}")
-    return ws
+# %% ../nbs/11a_loop.ipynb #bee1ae28
+def run_loop(ws:Workspace|str|Path, # a workspace landed with held-back days, with a production model
+             out_dir:str|Path, # where the private world, the sub-workspaces, loop.json and loop.png go
+             cfg:LoopConfig|None=None,
+             progress:Callable[[str], None]|None=None, # called with a line of text now and then (default: the log)
+             data:dict|None=None, # `replay_world`'s output, to reuse one world across calls
+             edit:Callable[[int, pd.DataFrame], pd.DataFrame]|None=None, # tests: alter a day's traffic
+            ) -> dict: # config, policies (timeline, retrains, summary), the detection and recovery figures
+    "Replay the held-back production days of `ws` under each policy of `cfg`; write and return `loop.json`."
+    t0, cfg, out = time.perf_counter(), cfg or LoopConfig(), Path(out_dir)
+    ws, say = ws if isinstance(ws, Workspace) else Workspace(ws), progress or get_logger('mlsys.loop').info
+    out.mkdir(parents=True, exist_ok=True)
+    data = data or replay_world(ws.lake, out, say)
+    n = cfg.simulate_days or data['future_days']
+    if n > data['future_days']:
+        raise LoopError(f"simulate_days={n}: the lake holds back only {data['future_days']} days "
+                        "(manifest future_days)")
+    runs = {p: _Replay(p, ws, out, data, cfg) for p in cfg.policies}
+    for rp in runs.values(): _replay(rp, data, n, edit, say)
+    res = _result(cfg, data, n, runs, _baseline(runs, data['drift_day'], n))
+    res['seconds'] = round(time.perf_counter() - t0, 1)
+    write_json(out/'loop.json', res)
+    plot_loop(res).savefig(out/'loop.png', dpi=90)
+    return res
+
+# %% ../nbs/11a_loop.ipynb #1fb70956
+_SUMMARY_KEYS = ('covariate_shift_detection_delay_days', 'concept_drift_detection_delay_days',
+                 'false_alarms_clean_days', 'hybrid_recovery_days', 'schedule_recovery_days')
+
+def loop_metrics(loop:dict) -> dict: # `run_loop`'s result, or `loop.json` read back
+    "What a run record keeps of a loop: detection delays, clean-day alarms, recoveries, retrains per policy."
+    return {**{k: loop.get(k) for k in _SUMMARY_KEYS}, 'days': loop['days'], 'seconds': loop['seconds'],
+            'retrains': {p: v['summary']['retrains'] for p, v in loop['policies'].items()}}

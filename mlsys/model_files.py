@@ -15,7 +15,8 @@ __all__ = ['MODEL_FILES', 'RECIPE_KEYS', 'MODEL_CLASSES', 'ModelFileError', 'mod
 
 # %% ../nbs/04a_model_files.ipynb #eeadd1b3
 MODEL_FILES = ('model.json', 'preprocessor.json', 'weights.safetensors')
-RECIPE_KEYS = ('lr', 'hidden', 'dropout', 'weight_decay', 'batch_size')   # the keys of a spec's `config` that form the training recipe (`04_train`'s `RECIPE`)
+# the keys of a spec's `config` that form the training recipe (`04_train`'s `RECIPE`)
+RECIPE_KEYS = ('lr', 'hidden', 'dropout', 'weight_decay', 'batch_size')
 MODEL_CLASSES: dict[str, type] = {}
 
 class ModelFileError(ValueError):
@@ -47,13 +48,14 @@ def write_spec(folder:str|Path, spec:dict) -> Path:
 def save_model(out:str|Path, model, pre, **meta) -> Path:
     "Write `weights.safetensors`, `preprocessor.json` and `model.json` (class, hparams, inputs, `meta`) to `out`."
     from safetensors.torch import save
-    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(out/'weights.safetensors', save(tensors))
     pre.save(out/'preprocessor.json')
-    hp = {k: list(v) if isinstance(v, tuple) else v for k, v in model.hparams.items()}
+    hparams = {k: list(v) if isinstance(v, tuple) else v for k, v in model.hparams.items()}
     spec = {'class': type(model).__name__, 'module': type(model).__module__, 'preprocessor': type(pre).__name__,
-            'hparams': hp, 'numeric': pre.numeric, 'categorical': pre.categorical, **meta}
+            'hparams': hparams, 'numeric': pre.numeric, 'categorical': pre.categorical, **meta}
     write_spec(out, spec)
     return out
 
@@ -61,7 +63,8 @@ def save_model(out:str|Path, model, pre, **meta) -> Path:
 def load_model(out:str|Path) -> tuple:
     "The model (in eval mode, quantized when its spec says so) and preprocessor saved by `save_model` in folder `out`."
     from safetensors.torch import load
-    out = Path(out); spec = read_spec(out)
+    out = Path(out)
+    spec = read_spec(out)
     cls = _find_class(spec.get('class', 'TabularClassifier'), spec.get('module'))
     model = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec['hparams'].items()})
     try: model.load_state_dict(load((out/'weights.safetensors').read_bytes()))

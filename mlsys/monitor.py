@@ -67,27 +67,33 @@ def _ts(v) -> str:
     if v is None: return datetime.now(timezone.utc).isoformat()
     if isinstance(v, str):
         try: v = datetime.fromisoformat(v.replace('Z', '+00:00'))
-        except ValueError: raise MonitorError(f'ts={v!r}: must be an ISO-8601 timestamp, a datetime or Unix seconds') from None
+        except ValueError:
+            raise MonitorError(f'ts={v!r}: must be an ISO-8601 timestamp, a datetime or Unix seconds') from None
     elif isinstance(v, (int, float, np.integer, np.floating)): v = datetime.fromtimestamp(float(v), timezone.utc)
     if v.tzinfo is None: v = v.replace(tzinfo=timezone.utc)   # naive times are taken as UTC
     return v.astimezone(timezone.utc).isoformat()
 
 # %% ../nbs/10_monitor.ipynb #c40a060d
 class PredictionLog:
-    "Day-partitioned JSON-lines log of predictions under `root`, identifiers hashed; safe to append to from threads and processes."
+    "Day-partitioned JSON-lines log of predictions under `root`, identifiers hashed; threads and processes may append."
     def __init__(self, root:str|Path, # folder of the log, e.g. `ws.monitoring/'predictions'`
                  salt:str|None=None): # PII salt; default `$MLSYS_PII_SALT`, else a random salt kept in `root/.salt`
-        self.root = Path(root); self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.salt, self._lock, self.skipped = _salt(self.root, salt), threading.Lock(), {}
-        self._hash = lru_cache(maxsize=1 << 16)(lambda v: hash_pii(v, self.salt))   # users come back: a hit skips the hash
+        # users come back: a hit skips the hash
+        self._hash = lru_cache(maxsize=1 << 16)(lambda v: hash_pii(v, self.salt))
         self._when = lru_cache(maxsize=1024)(_ts)
 
     def _record(self, i:int, r:Mapping) -> tuple[str, dict]:
-        if type(r) is not dict and not isinstance(r, Mapping): raise MonitorError(f'records[{i}]={r!r:.60}: each record must be a dict')
+        if type(r) is not dict and not isinstance(r, Mapping):
+            raise MonitorError(f'records[{i}]={r!r:.60}: each record must be a dict')
         if r.get('request_id') is None or r.get('score') is None:
             k = 'request_id' if r.get('request_id') is None else 'score'
             raise MonitorError(f'records[{i}].{k}=None: every prediction record needs a {k}')
-        out = dict(r); ts = r.get('ts'); out['ts'] = self._when(ts) if type(ts) in (int, float, str) else _ts(ts)   # a server batch shares one time
+        out = dict(r)
+        ts = r.get('ts')
+        out['ts'] = self._when(ts) if type(ts) in (int, float, str) else _ts(ts)   # a server batch shares one time
         for k in PII_FIELDS:
             if out.get(k) is not None: out[k] = self._hash(out[k])
         f = out.get('features')
@@ -96,27 +102,33 @@ class PredictionLog:
         return out['ts'][:10], out
 
     def write(self, records:Iterable[Mapping]) -> int: # records written
-        "Append prediction `records` (dicts with `request_id`, `ts`, `model_version`, `score`, `decision`, `features`, ids) to their days' files."
+        "Append prediction `records` (`request_id`, `ts`, `model_version`, `score`, `decision`, `features`, ids)."
         days = {}
         for i, r in enumerate(records):
-            day, rec = self._record(i, r); days.setdefault(day, []).append(rec)
+            day, rec = self._record(i, r)
+            days.setdefault(day, []).append(rec)
         for day, recs in days.items(): self._append(self.root/f'{day}.jsonl', b''.join(_dumps(r) + b'\n' for r in recs))
         return sum(map(len, days.values()))
 
-    def _append(self, path:Path, data:bytes):
-        with self._lock:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                if fcntl: fcntl.flock(fd, fcntl.LOCK_EX)
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b'\n': data = b'\n' + data   # a torn line before us: close it off
-                view = memoryview(data)
-                while view: view = view[os.write(fd, view):]
-            finally: os.close(fd)   # closing releases the flock
+# %% ../nbs/10_monitor.ipynb #f60cbd16
+@patch
+def _append(self:PredictionLog, path:Path, data:bytes):
+    with self._lock:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            if fcntl: fcntl.flock(fd, fcntl.LOCK_EX)
+            size = os.fstat(fd).st_size
+            # a torn line before us: close it off
+            if size and os.pread(fd, 1, size - 1) != b'\n': data = b'\n' + data
+            view = memoryview(data)
+            while view: view = view[os.write(fd, view):]
+        finally: os.close(fd)   # closing releases the flock
 
-    def days(self) -> list[str]:
-        "Days (`YYYY-MM-DD`) that have a file, oldest first."
-        return sorted(p.stem for p in self.root.glob('????-??-??.jsonl'))
+
+@patch
+def days(self:PredictionLog) -> list[str]:
+    "Days (`YYYY-MM-DD`) that have a file, oldest first."
+    return sorted(p.stem for p in self.root.glob('????-??-??.jsonl'))
 
 # %% ../nbs/10_monitor.ipynb #c6907262
 def _parse(data:bytes) -> tuple[list[dict], int]:
@@ -127,7 +139,9 @@ def _parse(data:bytes) -> tuple[list[dict], int]:
     out, bad = [], 0
     for ln in lines:
         try: r = _loads(ln)
-        except ValueError: bad += 1; continue
+        except ValueError:
+            bad += 1
+            continue
         if isinstance(r, dict): out.append(r)
         else: bad += 1
     return out, bad
@@ -143,13 +157,14 @@ def _frame(recs:list[dict]) -> pd.DataFrame:
 
 @patch
 def read(self:PredictionLog, days:Sequence[str]|None=None) -> pd.DataFrame:
-    "Predictions of `days` (default all) as a frame, features flattened to columns; unparseable lines are skipped and counted in `skipped`."
+    "Predictions of `days` (default all) as a frame, features flattened; torn lines skipped, counted in `skipped`."
     want = self.days() if days is None else [str(d)[:10] for d in days]
     recs = []
     for d in want:
         p = self.root/f'{d}.jsonl'
         if not p.exists(): continue
-        got, bad = _parse(p.read_bytes()); recs += got
+        got, bad = _parse(p.read_bytes())
+        recs += got
         if bad:
             self.skipped[p.name] = bad
             warnings.warn(f'{p}: skipped {bad} unparseable line(s) (a torn write?)', stacklevel=2)
@@ -161,22 +176,27 @@ def latest_day(self:PredictionLog, min_rows:int=1) -> str: # newest day whose fi
     "The newest day with `min_rows` or more logged predictions; a `MonitorError` listing the days when none has."
     counts = {d: (self.root/f'{d}.jsonl').read_bytes().count(b'\n') for d in self.days()}
     day = next((d for d in reversed(counts) if counts[d] >= min_rows), None)
-    if day is None: raise MonitorError(f'no day of {self.root} holds min_rows={min_rows} predictions: {counts or "the log is empty"}')
+    if day is None:
+        raise MonitorError(f'no day of {self.root} holds min_rows={min_rows} predictions: '
+                           f'{counts or "the log is empty"}')
     return day
 
 # %% ../nbs/10_monitor.ipynb #332c36c7
 @patch
+# predictions with `is_fraud` (NaN: pending), and counts
 def join_labels(self:PredictionLog, labels:pd.DataFrame, # `key`, `is_fraud` and, optionally, `available_at`
                  as_of=None, # only labels available by then count (default: all)
-                 key:str='transaction_id', days:Sequence[str]|None=None) -> tuple[pd.DataFrame, dict]: # predictions with `is_fraud` (NaN: pending), and counts
-    "Logged predictions with the labels known `as_of`; counts of `joined`, `pending` and `unknown` (labels of predictions not in the log)."
+                 key:str='transaction_id', days:Sequence[str]|None=None) -> tuple[pd.DataFrame, dict]:
+    "Logged predictions with the labels known `as_of`; counts `joined`, `pending`, `unknown` (labels not in the log)."
     return join_prediction_labels(self.read(days), labels, as_of, key)
 
 def _utc(t) -> pd.Timestamp:
     "`t` as a UTC timestamp (naive times are taken as UTC)."
-    t = pd.Timestamp(t); return t.tz_localize('UTC') if t.tzinfo is None else t.tz_convert('UTC')
+    t = pd.Timestamp(t)
+    return t.tz_localize('UTC') if t.tzinfo is None else t.tz_convert('UTC')
 
-def join_prediction_labels(pred:pd.DataFrame, labels:pd.DataFrame, as_of=None, key:str='transaction_id') -> tuple[pd.DataFrame, dict]:
+def join_prediction_labels(pred:pd.DataFrame, labels:pd.DataFrame, as_of=None,
+                           key:str='transaction_id') -> tuple[pd.DataFrame, dict]:
     "`PredictionLog.join_labels` for a frame of predictions."
     for c in (key, 'is_fraud'):
         if c not in labels: raise MonitorError(f'labels has no column {c!r}; columns: {list(labels.columns)[:10]}')
@@ -184,11 +204,14 @@ def join_prediction_labels(pred:pd.DataFrame, labels:pd.DataFrame, as_of=None, k
     col = key if key in pred else 'request_id'
     lab = lab[[key, 'is_fraud'] + (['available_at'] if 'available_at' in lab else [])].drop_duplicates(key, keep='last')
     lab = lab.assign(_k=lab[key].astype(str)).drop(columns=key)
-    out = pred.drop(columns=[c for c in ('is_fraud', 'available_at') if c in pred]).assign(_k=pred[col].astype(str) if len(pred) else [])
+    out = pred.drop(columns=[c for c in ('is_fraud', 'available_at') if c in pred])
+    out = out.assign(_k=pred[col].astype(str) if len(pred) else [])
     out = out.merge(lab, on='_k', how='left').drop(columns='_k')
-    stats = {'predictions': len(out), 'joined': int(out.is_fraud.notna().sum()), 'pending': int(out.is_fraud.isna().sum()),
+    stats = {'predictions': len(out), 'joined': int(out.is_fraud.notna().sum()),
+             'pending': int(out.is_fraud.isna().sum()),
              'unknown': int((~lab._k.isin(pred[col].astype(str) if len(pred) else [])).sum())}
-    if stats['unknown']: get_logger('mlsys.monitor').info('%d label(s) for predictions not in the log', stats['unknown'])
+    if stats['unknown']:
+        get_logger('mlsys.monitor').info('%d label(s) for predictions not in the log', stats['unknown'])
     return out, stats
 
 # %% ../nbs/10_monitor.ipynb #4bec680b
@@ -197,29 +220,33 @@ def psi(expected, # reference sample of one feature
         bins:int=10, # quantile bins of `expected` (numeric features)
         categorical:bool=False, # compare category shares instead of quantile bins
         eps:float=1e-4) -> float:
-    "Population stability index of `actual` against `expected`: quantile bins of `expected`, or categories; shares smoothed by `eps`."
+    "Population stability index of `actual` against `expected`: bins of `expected` or categories, smoothed by `eps`."
     if not categorical:
         from mlsys.deploy import DeployError, psi as _psi
         try: return _psi(expected, actual, bins, eps)
         except DeployError as e: raise MonitorError(str(e)) from None
     e, a = (pd.Series(np.asarray(x, dtype=object).ravel()).astype(str) for x in (expected, actual))
-    if len(e) == 0 or len(a) == 0: raise MonitorError(f'psi needs values in both samples; got {len(e)} expected and {len(a)} actual')
+    if len(e) == 0 or len(a) == 0:
+        raise MonitorError(f'psi needs values in both samples; got {len(e)} expected and {len(a)} actual')
     vocab = pd.Index(e.unique())
     return _psi_counts(*(np.bincount(_codes(vocab, x), minlength=len(vocab) + 1) for x in (e, a)), eps)
 
 def _codes(vocab:pd.Index, values) -> np.ndarray:
     "Index of each value in `vocab`; values not in it share the last code, `len(vocab)`."
-    c = vocab.get_indexer(pd.Index(values)); c[c < 0] = len(vocab); return c
+    c = vocab.get_indexer(pd.Index(values))
+    c[c < 0] = len(vocab)
+    return c
 
 def _psi_counts(ce:np.ndarray, ca:np.ndarray, eps:float=1e-4) -> float:
     "PSI from the counts per bin of the reference (`ce`) and the window (`ca`)."
-    k = len(ce); pe, pa = (ce / ce.sum() + eps) / (1 + eps * k), (ca / ca.sum() + eps) / (1 + eps * k)
+    k = len(ce)
+    pe, pa = (ce / ce.sum() + eps) / (1 + eps * k), (ca / ca.sum() + eps) / (1 + eps * k)
     return float(np.sum((pa - pe) * np.log(pa / pe)))
 
 # %% ../nbs/10_monitor.ipynb #e043d55c
 @dataclass
 class DriftResult:
-    "A window checked against the reference: one row per test in `table`, the verdict `drift` and the `drifted` features."
+    "A window checked against the reference: a row per test in `table`, the verdict `drift` and the `drifted` features."
     table: pd.DataFrame # feature, kind, test, statistic, p_value, significant, psi, drift
     n: int # rows in the window
     backend: str
@@ -235,18 +262,23 @@ class DriftResult:
         return float(self.table.psi.max()) if self.table.psi.notna().any() else 0.0
     def to_dict(self) -> dict:
         "JSON-serialisable summary, with a row per feature."
-        rows = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v.item() if hasattr(v, 'item') else v) for k, v in r.items()}
+        plain = lambda v: None if isinstance(v, float) and not math.isfinite(v) else \
+            v.item() if hasattr(v, 'item') else v
+        rows = [{k: plain(v) for k, v in r.items()}
                 for r in self.table.to_dict('records')]
         return {'drift': self.drift, 'drifted': self.drifted, 'score': self.score, 'n': self.n, 'backend': self.backend,
                 'threshold': self.threshold, 'psi_threshold': self.psi_threshold, 'features': rows}
     def _repr_markdown_(self):
-        return f"**{'DRIFT' if self.drift else 'no drift'}** ({self.backend}, {self.n:,} rows): {', '.join(self.drifted) or 'none'}\n\n" + self.table.round(4).to_markdown(index=False)
+        verdict = 'DRIFT' if self.drift else 'no drift'
+        head = f"**{verdict}** ({self.backend}, {self.n:,} rows): {', '.join(self.drifted) or 'none'}"
+        return head + '\n\n' + self.table.round(4).to_markdown(index=False)
 
 # %% ../nbs/10_monitor.ipynb #6e2846bb
 BACKENDS = ('scipy', 'alibi')
 
 class DriftDetector:
-    "Drift tests of windows against a `reference`: KS (numeric) and chi-square (categorical) with a correction, PSI, one decision rule."
+    "Drift tests of windows against a `reference`: KS (numeric), chi-square (categorical), a correction, PSI, one rule."
+    # alibi only: add a multivariate MMD test on `mmd_n` sampled rows
     def __init__(self, reference:pd.DataFrame, # training-like clean period, the features as columns
                  numeric:Sequence[str]=(), categorical:Sequence[str]=(), # the features to watch
                  backend:str='scipy', # 'scipy' (BSD) or 'alibi' (alibi-detect, BSL 1.1: non-production use)
@@ -254,15 +286,20 @@ class DriftDetector:
                  psi_threshold:float=0.1, # a significant feature drifts only when its PSI reaches this
                  correction:str='bonferroni', # 'bonferroni' (p_val / number of features) or 'none'
                  bins:int=10, min_rows:int=100, # rows a window needs before it is judged
-                 mmd:bool=False, mmd_n:int=500, seed:int=0): # alibi only: add a multivariate MMD test on `mmd_n` sampled rows
+                 mmd:bool=False, mmd_n:int=500, seed:int=0):
         if backend not in BACKENDS: raise MonitorError(f"backend={backend!r}: must be one of {', '.join(BACKENDS)}")
-        if correction not in ('bonferroni', 'none'): raise MonitorError(f"correction={correction!r}: must be 'bonferroni' or 'none'")
+        if correction not in ('bonferroni', 'none'):
+            raise MonitorError(f"correction={correction!r}: must be 'bonferroni' or 'none'")
         if not 0 < p_val < 1: raise MonitorError(f'p_val={p_val}: must lie in (0, 1)')
-        if mmd and backend != 'alibi': raise MonitorError(f"mmd=True: the MMD test needs backend='alibi', not {backend!r}")
-        self.numeric, self.categorical = list(numeric), list(categorical); self.features = self.numeric + self.categorical
+        if mmd and backend != 'alibi':
+            raise MonitorError(f"mmd=True: the MMD test needs backend='alibi', not {backend!r}")
+        self.numeric, self.categorical = list(numeric), list(categorical)
+        self.features = self.numeric + self.categorical
         if not self.features: raise MonitorError('numeric=[] and categorical=[]: give at least one feature to watch')
-        if len(set(self.features)) < len(self.features): raise MonitorError(f'features {self.features}: each may appear once, in numeric or categorical')
-        self.backend, self.p_val, self.psi_threshold, self.bins, self.min_rows = backend, p_val, psi_threshold, bins, min_rows
+        if len(set(self.features)) < len(self.features):
+            raise MonitorError(f'features {self.features}: each may appear once, in numeric or categorical')
+        self.backend, self.p_val, self.psi_threshold = backend, p_val, psi_threshold
+        self.bins, self.min_rows = bins, min_rows
         ref = self._frame(reference, 'reference')
         self.threshold = p_val / len(self.features) if correction == 'bonferroni' else p_val
         self.ref_num = {f: self._finite(ref[f]) for f in self.numeric}
@@ -274,28 +311,38 @@ class DriftDetector:
 
     @staticmethod
     def _finite(s) -> np.ndarray:
-        x = pd.to_numeric(pd.Series(s), errors='coerce').to_numpy(float); return x[np.isfinite(x)]
+        x = pd.to_numeric(pd.Series(s), errors='coerce').to_numpy(float)
+        return x[np.isfinite(x)]
 
-    def _frame(self, x, name:str) -> pd.DataFrame:
-        "`x` as a frame of the watched features, or a `MonitorError` naming what is wrong with it."
-        if isinstance(x, np.ndarray):
-            if x.ndim != 2 or x.shape[1] != len(self.features):
-                raise MonitorError(f'{name} has shape {x.shape}: expected {len(self.features)} columns ({", ".join(self.features)}), got {x.shape[1] if x.ndim == 2 else x.ndim}-d input')
-            x = pd.DataFrame(x, columns=self.features)
-        if not isinstance(x, pd.DataFrame): raise MonitorError(f'{name} is a {type(x).__name__}: must be a DataFrame (or a 2-d array) of the features')
-        missing = [f for f in self.features if f not in x.columns]
-        if missing: raise MonitorError(f'{name} is missing feature(s) {missing}; it has columns {list(x.columns)[:12]}')
-        if len(x) < self.min_rows: raise MonitorError(f'{name} has {len(x)} rows: a drift check needs at least min_rows={self.min_rows}')
-        return x
+# %% ../nbs/10_monitor.ipynb #b8cc0f32
+@patch
+def _frame(self:DriftDetector, x, name:str) -> pd.DataFrame:
+    "`x` as a frame of the watched features, or a `MonitorError` naming what is wrong with it."
+    if isinstance(x, np.ndarray):
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise MonitorError(f'{name} has shape {x.shape}: expected {len(self.features)} columns '
+                               f'({", ".join(self.features)}), got {x.shape[1] if x.ndim == 2 else x.ndim}-d input')
+        x = pd.DataFrame(x, columns=self.features)
+    if not isinstance(x, pd.DataFrame):
+        raise MonitorError(f'{name} is a {type(x).__name__}: must be a DataFrame (or a 2-d array) of the features')
+    missing = [f for f in self.features if f not in x.columns]
+    if missing: raise MonitorError(f'{name} is missing feature(s) {missing}; it has columns {list(x.columns)[:12]}')
+    if len(x) < self.min_rows:
+        raise MonitorError(f'{name} has {len(x)} rows: a drift check needs at least min_rows={self.min_rows}')
+    return x
 
-    def __repr__(self): return f'DriftDetector({self.backend}, {len(self.numeric)} numeric + {len(self.categorical)} categorical, p < {self.threshold:.2g} and PSI >= {self.psi_threshold})'
+@patch
+def __repr__(self:DriftDetector):
+    return (f'DriftDetector({self.backend}, {len(self.numeric)} numeric + {len(self.categorical)} categorical, '
+            f'p < {self.threshold:.2g} and PSI >= {self.psi_threshold})')
 
 # %% ../nbs/10_monitor.ipynb #5a8a8432
 @patch
 def _alibi_init(self:DriftDetector, ref:pd.DataFrame):
     from alibi_detect.cd import ChiSquareDrift, KSDrift   # seconds to import: only here, never at `import mlsys`
     self._ks = {f: KSDrift(x[:, None], p_val=self.p_val) for f, x in self.ref_num.items() if len(x)}
-    self._chi = ChiSquareDrift(np.column_stack(list(self.ref_codes.values())), p_val=self.p_val) if self.categorical else None
+    codes = np.column_stack(list(self.ref_codes.values())) if self.categorical else None
+    self._chi = ChiSquareDrift(codes, p_val=self.p_val) if self.categorical else None
     if self.mmd:
         from alibi_detect.cd import MMDDrift
         num = ref[self.numeric].apply(pd.to_numeric, errors='coerce').to_numpy(float)
@@ -318,11 +365,13 @@ def _tests(self:DriftDetector, num:dict, cat:dict) -> dict:
             r = ks_2samp(self.ref_num[f], x, method='asymp')
             out[f] = (float(r.statistic), float(r.pvalue))
         for f, c in cat.items():
-            t = np.vstack([self.ref_counts[f], np.bincount(c, minlength=len(self.vocab[f]) + 1)]); t = t[:, t.sum(0) > 0]
+            t = np.vstack([self.ref_counts[f], np.bincount(c, minlength=len(self.vocab[f]) + 1)])
+            t = t[:, t.sum(0) > 0]
             out[f] = (0.0, 1.0) if t.shape[1] < 2 else tuple(float(v) for v in chi2_contingency(t)[:2])
         return out
     for f, x in num.items():
-        d = self._ks[f].predict(x[:, None], drift_type='feature')['data']; out[f] = (float(d['distance'][0]), float(d['p_val'][0]))
+        d = self._ks[f].predict(x[:, None], drift_type='feature')['data']
+        out[f] = (float(d['distance'][0]), float(d['p_val'][0]))
     if cat:
         d = self._chi.predict(np.column_stack(list(cat.values())), drift_type='feature')['data']
         for i, f in enumerate(cat): out[f] = (float(d['distance'][i]), float(d['p_val'][i]))
@@ -330,7 +379,9 @@ def _tests(self:DriftDetector, num:dict, cat:dict) -> dict:
 
 # %% ../nbs/10_monitor.ipynb #8f95620f
 @patch
-def check(self:DriftDetector, window:pd.DataFrame|np.ndarray) -> DriftResult: # a frame with the features, or an array with the numeric then the categorical columns
+def check(self:DriftDetector,
+          window:pd.DataFrame|np.ndarray, # the features as columns, or an array: the numeric then the categorical ones
+         ) -> DriftResult:
     "Test `window` against the reference: per feature a test, its p-value, PSI, and the verdict of the decision rule."
     w = self._frame(window, 'window')
     num = {f: self._finite(w[f]) for f in self.numeric}
@@ -339,54 +390,71 @@ def check(self:DriftDetector, window:pd.DataFrame|np.ndarray) -> DriftResult: # 
     cat = {f: _codes(self.vocab[f], w[f].astype(str)) for f in self.categorical}
     tests, rows = self._tests(num, cat), []
     for f in self.features:
-        if f in gone: rows.append({'feature': f, 'kind': 'numeric', 'test': 'all missing', 'statistic': np.nan, 'p_value': 0.0, 'psi': np.nan}); continue
+        if f in gone:
+            rows.append({'feature': f, 'kind': 'numeric', 'test': 'all missing', 'statistic': np.nan, 'p_value': 0.0,
+                         'psi': np.nan})
+            continue
         kind = 'numeric' if f in num else 'categorical'
-        p = psi(self.ref_num[f], num[f], self.bins) if f in num else _psi_counts(self.ref_counts[f], np.bincount(cat[f], minlength=len(self.vocab[f]) + 1))
-        rows.append({'feature': f, 'kind': kind, 'test': 'ks' if f in num else 'chi2', 'statistic': tests[f][0], 'p_value': tests[f][1], 'psi': p})
-    t = pd.DataFrame(rows); t['significant'] = t.p_value < self.threshold
+        p = psi(self.ref_num[f], num[f], self.bins) if f in num else \
+            _psi_counts(self.ref_counts[f], np.bincount(cat[f], minlength=len(self.vocab[f]) + 1))
+        rows.append({'feature': f, 'kind': kind, 'test': 'ks' if f in num else 'chi2', 'statistic': tests[f][0],
+                     'p_value': tests[f][1], 'psi': p})
+    t = pd.DataFrame(rows)
+    t['significant'] = t.p_value < self.threshold
     t['drift'] = t.significant & ((t.psi >= self.psi_threshold) | t.psi.isna())
     if self.mmd:
         x = self._standard(w[self.numeric].apply(pd.to_numeric, errors='coerce').to_numpy(float), self.mmd_n)
-        d = self._mmd.predict(x)['data']; sig = bool(d['p_val'] < self.p_val)
-        t.loc[len(t)] = {'feature': '(all numeric)', 'kind': 'multivariate', 'test': 'mmd', 'statistic': float(d['distance']),
+        d = self._mmd.predict(x)['data']
+        sig = bool(d['p_val'] < self.p_val)
+        t.loc[len(t)] = {'feature': '(all numeric)', 'kind': 'multivariate', 'test': 'mmd',
+                         'statistic': float(d['distance']),
                          'p_value': float(d['p_val']), 'psi': np.nan, 'significant': sig, 'drift': sig}
-    return DriftResult(t[['feature', 'kind', 'test', 'statistic', 'p_value', 'significant', 'psi', 'drift']], len(w), self.backend, self.threshold, self.psi_threshold)
+    return DriftResult(t[['feature', 'kind', 'test', 'statistic', 'p_value', 'significant', 'psi', 'drift']], len(w),
+                       self.backend, self.threshold, self.psi_threshold)
 
 # %% ../nbs/10_monitor.ipynb #a88179e3
 def _ap(y:np.ndarray, s:np.ndarray) -> float:
     "Average precision (AUPRC as scikit-learn computes it); NaN without both classes."
     if len(y) == 0 or y.all() or not y.any(): return float('nan')
-    o = np.argsort(-s, kind='stable'); y, s = y[o], s[o]
+    o = np.argsort(-s, kind='stable')
+    y, s = y[o], s[o]
     last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]   # the last row of each run of tied scores
-    tp = np.cumsum(y)[last]; prec = tp / (last + 1)
+    tp = np.cumsum(y)[last]
+    prec = tp / (last + 1)
     return float(np.sum(np.diff(np.r_[0, tp]) * prec) / y.sum())
 
 def _day_metrics(d:pd.DataFrame, known:np.ndarray, prefix:str='') -> dict:
     y, f, s = d.is_fraud.to_numpy(bool)[known], d._flag.to_numpy()[known], d.score.to_numpy(float)[known]
     tp, pos, flagged = int((y & f).sum()), int(y.sum()), int(f.sum())
     return {f'{prefix}labelled': int(known.sum()), f'{prefix}positives': pos, f'{prefix}caught': tp,
-            f'{prefix}recall': tp / pos if pos else np.nan, f'{prefix}precision': tp / flagged if flagged else np.nan, f'{prefix}auprc': _ap(y, s)}
+            f'{prefix}recall': tp / pos if pos else np.nan, f'{prefix}precision': tp / flagged if flagged else np.nan,
+            f'{prefix}auprc': _ap(y, s)}
 
 # %% ../nbs/10_monitor.ipynb #758b8844
-def performance_by_day(predictions:pd.DataFrame|PredictionLog, # scored transactions: `key`, `ts`, `score` (and `decision`)
-                       labels:pd.DataFrame|None, # `key`, `is_fraud`, `available_at`; None: `predictions` already have them
+def performance_by_day(predictions:pd.DataFrame|PredictionLog, # scored: `key`, `ts`, `score` (and `decision`)
+                       labels:pd.DataFrame|None, # `key`, `is_fraud`, `available_at`; None: in `predictions`
                        as_of=None, # the moment of the evaluation (default: every label counts)
                        threshold:float|None=None, # flag = score >= threshold; default: decision != 'approve'
                        key:str='transaction_id', ts:str='ts') -> pd.DataFrame: # one row per prediction day
-    "Per prediction day: rows, labels known `as_of`, provisional recall/precision/AUPRC over them, and the `final_*` values with every label."
+    "Per prediction day: rows, labels known `as_of`, provisional recall, precision, AUPRC; `final_*` on every label."
     pred = predictions.read() if isinstance(predictions, PredictionLog) else predictions
     for c in (key, ts, 'score'):
         if c not in pred: raise MonitorError(f'predictions have no column {c!r}; columns: {list(pred.columns)[:12]}')
-    if threshold is None and 'decision' not in pred: raise MonitorError("predictions have no 'decision' column: pass threshold= to say what is flagged")
+    if threshold is None and 'decision' not in pred:
+        raise MonitorError("predictions have no 'decision' column: pass threshold= to say what is flagged")
     lab = pred if labels is None else labels
-    if 'available_at' not in lab or 'is_fraud' not in lab: raise MonitorError(f"labels need 'is_fraud' and 'available_at' (when each label became known); columns: {list(lab.columns)[:12]}")
-    d = pred.copy() if labels is None else join_prediction_labels(pred, labels, None, key)[0]   # None: `predictions` already carry their labels
+    if 'available_at' not in lab or 'is_fraud' not in lab:
+        raise MonitorError(f"labels need 'is_fraud' and 'available_at' (when each label became known); columns: "
+                           f"{list(lab.columns)[:12]}")
+    # None: `predictions` already carry their labels
+    d = pred.copy() if labels is None else join_prediction_labels(pred, labels, None, key)[0]
     d['_flag'] = (d.score >= threshold) if threshold is not None else (d.decision != 'approve')
     d['_known'] = d.is_fraud.notna() & ((d.available_at <= _utc(as_of)) if as_of is not None else True)
     rows = []
     for day, g in d.groupby(_utc_series(d[ts]).dt.floor('D'), sort=True):
         full = g.is_fraud.notna().to_numpy()
-        rows.append({'day': day, 'n': len(g), **_day_metrics(g, g._known.to_numpy()), **_day_metrics(g, full, 'final_')})
+        rows.append({'day': day, 'n': len(g), **_day_metrics(g, g._known.to_numpy()),
+                     **_day_metrics(g, full, 'final_')})
     out = pd.DataFrame(rows)
     if len(out): out.insert(3, 'share_labelled', out.labelled / out.n)
     return out
@@ -396,14 +464,16 @@ def _utc_series(s:pd.Series) -> pd.Series:
     return s.dt.tz_convert('UTC')
 
 # %% ../nbs/10_monitor.ipynb #3bf58532
+# `perf` with pooled counts, `p_value` and `alarm`
 def concept_drift(perf:pd.DataFrame, # `performance_by_day` output
                   reference_recall:float, # recall on a clean, labelled period
-                  min_positives:int=20, margin:float=0.15, alpha:float=0.01, window:int=1) -> pd.DataFrame: # `perf` with pooled counts, `p_value` and `alarm`
+                  min_positives:int=20, margin:float=0.15, alpha:float=0.01, window:int=1) -> pd.DataFrame:
     "Days whose (pooled) provisional recall is materially and significantly below `reference_recall`."
     from scipy.stats import binom
     if not 0 < reference_recall <= 1: raise MonitorError(f'reference_recall={reference_recall}: must lie in (0, 1]')
     out = perf.copy()
-    pos = out.positives.rolling(window, min_periods=1).sum().astype(int); caught = out.caught.rolling(window, min_periods=1).sum().astype(int)
+    pos = out.positives.rolling(window, min_periods=1).sum().astype(int)
+    caught = out.caught.rolling(window, min_periods=1).sum().astype(int)
     out['pooled_positives'], out['pooled_recall'] = pos, np.where(pos > 0, caught / pos.clip(lower=1), np.nan)
     out['p_value'] = np.where(pos > 0, binom.cdf(caught, pos.clip(lower=1), reference_recall), 1.0)
     out['alarm'] = (pos >= min_positives) & (out.pooled_recall <= reference_recall - margin) & (out.p_value < alpha)
@@ -413,12 +483,15 @@ def concept_drift(perf:pd.DataFrame, # `performance_by_day` output
 def _scrape(text:str) -> dict:
     "Every sample of a Prometheus text exposition, keyed by (name, sorted labels)."
     from prometheus_client.parser import text_string_to_metric_families
-    try: return {(s.name, tuple(sorted(s.labels.items()))): s.value for fam in text_string_to_metric_families(text) for s in fam.samples}
+    try:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
     except Exception as e: raise MonitorError(f'metrics text is not in the Prometheus text format: {e}') from None
 
 def _quantile(q:float, buckets:list[tuple[float, float]]) -> float|None:
     "Prometheus-style quantile from cumulative `(upper bound, count)` buckets (linear inside a bucket)."
-    buckets = sorted(buckets); total = buckets[-1][1] if buckets else 0
+    buckets = sorted(buckets)
+    total = buckets[-1][1] if buckets else 0
     if total <= 0: return None
     rank, lo, below = q * total, 0.0, 0.0
     for le, c in buckets:
@@ -435,18 +508,23 @@ def _total(s:dict, name:str, **match) -> float:
 def system_metrics(text:str, # the server's `/metrics` response
                    previous:str|None=None, # an earlier scrape: numbers for the interval between them
                    endpoint:str='predict', prefix:str='mlsys') -> dict:
-    "Requests, error rate, p50/p99 latency (ms), degraded share and mean batch size from the server's Prometheus metrics."
+    "Requests, error rate, p50/p99 latency (ms), degraded share and mean batch size from the server's Prometheus text."
     cur = _scrape(text)
     if previous is not None:
         prev = _scrape(previous)
-        cur = {k: v - prev.get(k, 0.0) if k[0].endswith(('_total', '_count', '_sum', '_bucket')) else v for k, v in cur.items()}
-    codes = {dict(lab)['code']: v for (n, lab), v in cur.items() if n == f'{prefix}_requests_total' and dict(lab).get('endpoint') == endpoint}
-    req = sum(codes.values()); err = sum(v for c, v in codes.items() if c.startswith('5'))
-    lat = [(float(dict(lab)['le']), v) for (n, lab), v in cur.items() if n == f'{prefix}_request_latency_seconds_bucket' and dict(lab).get('endpoint') == endpoint]
+        counters = ('_total', '_count', '_sum', '_bucket')
+        cur = {k: v - prev.get(k, 0.0) if k[0].endswith(counters) else v for k, v in cur.items()}
+    codes = {dict(lab)['code']: v for (n, lab), v in cur.items()
+             if n == f'{prefix}_requests_total' and dict(lab).get('endpoint') == endpoint}
+    req = sum(codes.values())
+    err = sum(v for c, v in codes.items() if c.startswith('5'))
+    lat = [(float(dict(lab)['le']), v) for (n, lab), v in cur.items()
+           if n == f'{prefix}_request_latency_seconds_bucket' and dict(lab).get('endpoint') == endpoint]
     pred, deg = _total(cur, f'{prefix}_predictions_total'), _total(cur, f'{prefix}_degraded_total')
     bsum, bcount = _total(cur, f'{prefix}_batch_size_sum'), _total(cur, f'{prefix}_batch_size_count')
     ms = lambda q: None if (v := _quantile(q, lat)) is None else round(v * 1000, 3)
-    return {'requests': int(req), 'errors': int(err), 'error_rate': err / req if req else None, 'p50_ms': ms(0.5), 'p99_ms': ms(0.99),
+    return {'requests': int(req), 'errors': int(err), 'error_rate': err / req if req else None, 'p50_ms': ms(0.5),
+            'p99_ms': ms(0.99),
             'predictions': int(pred), 'degraded_share': min(1.0, deg / pred) if pred else None,
             'mean_batch_size': bsum / bcount if bcount else None, 'queue_depth': _total(cur, f'{prefix}_queue_depth')}
 
@@ -456,16 +534,27 @@ def _md_table(df:pd.DataFrame) -> str:
 
 def _plot_png(drift:DriftResult, timeline:pd.DataFrame|None) -> bytes:
     from matplotlib.figure import Figure   # no pyplot: no global state, safe in a job or a thread
-    fig = Figure(figsize=(8, 6 if timeline is not None else 3.2)); axes = fig.subplots(2 if timeline is not None else 1, 1, squeeze=False)[:, 0]
+    fig = Figure(figsize=(8, 6 if timeline is not None else 3.2))
+    axes = fig.subplots(2 if timeline is not None else 1, 1, squeeze=False)[:, 0]
     t = drift.table[drift.table.psi.notna()]
-    axes[0].barh(t.feature, t.psi, color=np.where(t.drift, 'C3', 'C0')); axes[0].axvline(drift.psi_threshold, color='k', ls='--', lw=1)
+    axes[0].barh(t.feature, t.psi, color=np.where(t.drift, 'C3', 'C0'))
+    axes[0].axvline(drift.psi_threshold, color='k', ls='--', lw=1)
     axes[0].set_xlabel('PSI against the reference (red: drift)')
     if timeline is not None:
-        ax = axes[1]; ax.plot(timeline.index, timeline.score, marker='.', label='drift score (max PSI)')
-        ax.axhline(drift.psi_threshold, color='k', ls='--', lw=1); ax.set_ylabel('max PSI'); ax.legend(fontsize=8)
-        if 'drift' in timeline: a = timeline[timeline.drift]; ax.scatter(a.index, a.score, color='C3', zorder=3)
-    fig.tight_layout(); buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=90); return buf.getvalue()
+        ax = axes[1]
+        ax.plot(timeline.index, timeline.score, marker='.', label='drift score (max PSI)')
+        ax.axhline(drift.psi_threshold, color='k', ls='--', lw=1)
+        ax.set_ylabel('max PSI')
+        ax.legend(fontsize=8)
+        if 'drift' in timeline:
+            a = timeline[timeline.drift]
+            ax.scatter(a.index, a.score, color='C3', zorder=3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=90)
+    return buf.getvalue()
 
+# %% ../nbs/10_monitor.ipynb #47b189a3
 def daily_report(out_dir:str|Path, day:str, # folder of the reports, and the day reported (`YYYY-MM-DD`)
                  drift:DriftResult, # the data-drift check of the day
                  prediction:DriftResult|None=None, # the check of the score distribution
@@ -473,27 +562,35 @@ def daily_report(out_dir:str|Path, day:str, # folder of the reports, and the day
                  system:dict|None=None, # `system_metrics`
                  timeline:pd.DataFrame|None=None) -> Path: # `score` (and `drift`) per day, for the plot
     "Write `report-<day>.md` and `report-<day>.png` under `out_dir`, atomically; returns the markdown's path."
-    out = Path(out_dir); cols = ['feature', 'test', 'statistic', 'p_value', 'psi', 'drift']
-    alarms = [n for n, on in (('data drift', drift.drift), ('prediction drift', prediction is not None and prediction.drift),
-                              ('concept drift', performance is not None and 'alarm' in performance and bool(performance.alarm.any()))) if on]
+    out = Path(out_dir)
+    cols = ['feature', 'test', 'statistic', 'p_value', 'psi', 'drift']
+    concept = performance is not None and 'alarm' in performance and bool(performance.alarm.any())
+    checks = (('data drift', drift.drift), ('prediction drift', prediction is not None and prediction.drift),
+              ('concept drift', concept))
+    alarms = [n for n, on in checks if on]
     md = [f'# Monitoring report {day}', '', f"**Alarms:** {', '.join(alarms) or 'none'}", '',
-          f'## Data drift ({drift.n:,} rows, {drift.backend}; drift = p < {drift.threshold:.3g} and PSI >= {drift.psi_threshold})', '', _md_table(drift.table[cols])]
+          f'## Data drift ({drift.n:,} rows, {drift.backend}; drift = p < {drift.threshold:.3g} and PSI >= '
+          f'{drift.psi_threshold})', '', _md_table(drift.table[cols])]
     if prediction is not None: md += ['', '## Prediction drift', '', _md_table(prediction.table[cols])]
     if performance is not None:
-        keep = [c for c in ('day', 'n', 'share_labelled', 'positives', 'recall', 'precision', 'auprc', 'pooled_recall', 'p_value', 'alarm') if c in performance]
-        md += ['', '## Provisional performance (revised as labels arrive)', '', _md_table(performance[keep].assign(day=performance.day.astype(str).str[:10]))]
+        keep = [c for c in ('day', 'n', 'share_labelled', 'positives', 'recall', 'precision', 'auprc', 'pooled_recall',
+                            'p_value', 'alarm') if c in performance]
+        md += ['', '## Provisional performance (revised as labels arrive)', '',
+               _md_table(performance[keep].assign(day=performance.day.astype(str).str[:10]))]
     if system is not None: md += ['', '## System', '', _md_table(pd.DataFrame([system]))]
     md += ['', f'![drift](report-{day}.png)', '']
     atomic_write(out/f'report-{day}.png', _plot_png(drift, timeline))
     return atomic_write(out/f'report-{day}.md', '\n'.join(md))
 
 # %% ../nbs/10_monitor.ipynb #b6892c56
+# `concept_drift` settings (`min_positives`, `margin`, `alpha`, `window`)
 def monitor_day(detector:DriftDetector, # data-drift detector over the model's inputs
                 window:pd.DataFrame, # the day's predictions: features, `score`, `decision`
                 score_detector:DriftDetector|None=None, # prediction drift: a detector over `score` (and `decision`)
-                history:pd.DataFrame|PredictionLog|None=None, labels:pd.DataFrame|None=None, as_of=None, # for concept drift
-                reference_recall:float|None=None, concept_kw:dict|None=None) -> dict: # `concept_drift` settings (`min_positives`, `margin`, `alpha`, `window`)
-    "Drift scores and alarms for one day, as JSON-serialisable values: `data`, `prediction`, `concept` and the list of `alarms`."
+                history:pd.DataFrame|PredictionLog|None=None, labels:pd.DataFrame|None=None,
+                as_of=None, # for concept drift
+                reference_recall:float|None=None, concept_kw:dict|None=None) -> dict:
+    "Drift scores and alarms for one day, as plain JSON values: `data`, `prediction`, `concept` and the `alarms`."
     out = {'n': len(window), 'data': detector.check(window).to_dict(), 'alarms': []}
     if out['data']['drift']: out['alarms'].append('data_drift')
     if score_detector is not None:
@@ -504,15 +601,19 @@ def monitor_day(detector:DriftDetector, # data-drift detector over the model's i
         c = concept_drift(performance_by_day(history, labels, as_of), reference_recall, **(concept_kw or {}))
         bad = c[c.alarm]
         out['concept'] = {'as_of': str(as_of), 'reference_recall': reference_recall, 'alarm': bool(len(bad)),
-                          'alarm_days': bad.day.astype(str).str[:10].tolist(), 'worst_recall': None if bad.empty else float(bad.pooled_recall.min()),
+                          'alarm_days': bad.day.astype(str).str[:10].tolist(),
+                          'worst_recall': None if bad.empty else float(bad.pooled_recall.min()),
                           'labelled_share': float(c.labelled.sum() / max(c.n.sum(), 1))}
         if len(bad): out['alarms'].append('concept_drift')
     return out
 
 # %% ../nbs/10_monitor.ipynb #5877bdb8
-GROWING = ('user_tx_count_90d', 'user_chargebacks_90d', 'merchant_labels_7d', 'merchant_tx_count_30d')   # counters that grow by construction
-WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d', 'user_avg_amount_90d', 'merchant_fraud_rate',
-                 'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d', 'user_is_new')   # the fraud model's other inputs, and the raw amount
+# counters that grow by construction
+GROWING = ('user_tx_count_90d', 'user_chargebacks_90d', 'merchant_labels_7d', 'merchant_tx_count_30d')
+# the fraud model's other inputs, and the raw amount
+WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount_30d', 'user_avg_amount_90d',
+                 'merchant_fraud_rate',
+                 'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d', 'user_is_new')
 WATCH_CATEGORICAL = ('country', 'local_hour')
 
 # %% ../nbs/10_monitor.ipynb #f3cb1d9d
@@ -568,7 +669,8 @@ def _signals(day:str, drift:DriftResult, prediction:DriftResult, perf:pd.DataFra
     checks = (('data_drift', drift.drift), ('prediction_drift', prediction.drift),
               ('concept_drift', bool(perf.alarm.any())))
     alarms = [name for name, on in checks if on]
-    labelled = perf.tail(14); pos = int(labelled.positives.sum())
+    labelled = perf.tail(14)
+    pos = int(labelled.positives.sum())
     return {'day': day, 'data_drift': drift.drift, 'prediction_drift': prediction.drift, 'drift_score': drift.score,
             'performance': float(labelled.caught.sum() / pos) if pos else None, 'n_labelled_pos': pos, 'alarms': alarms,
             'reference_recall': reference_recall, 'model_version': int(row['version'])}
@@ -583,7 +685,7 @@ def daily_check(ws, # workspace (a `Workspace`)
                 backend:str='scipy', # `DriftDetector` backend
                 history_days:int=30, # days of logged predictions judged for concept drift
                 metrics_url:str|None=None) -> dict: # a server's /metrics, reported when given
-    "Check one logged day; write its report and `monitoring/signals/<day>.json`; return what they hold."
+    "Check one logged day; write its report and `monitoring/signals/<day>.json`; return what they hold, and `metrics`."
     plog = PredictionLog(ws.monitoring/'predictions')
     day = _checked_day(plog, day, min_rows)
     window, labels = plog.read([day]), read_table(ws.lake, 'labels')
@@ -599,5 +701,9 @@ def daily_check(ws, # workspace (a `Workspace`)
     report = daily_report(out_dir, day, drift, prediction, perf, _server_metrics(metrics_url))
     signals = _signals(day, drift, prediction, perf, reference_recall, row)
     path = write_json(ws.monitoring/'signals'/f'{day}.json', signals)
+    get_logger('mlsys.monitor').info('%s: %d logged predictions; alarms %s; report %s', day, len(window),
+                                     signals['alarms'] or 'none', report)
+    metrics = {'day': day, 'rows': len(window), 'alarms': signals['alarms'], 'drift_score': drift.score,
+               'drifted': drift.drifted, 'reference_recall': round(reference_recall, 4)}   # the monitor job's record
     return {'day': day, 'rows': len(window), 'drift': drift, 'prediction': prediction, 'performance': perf,
-            'report': report, 'signals': signals, 'signals_path': path}
+            'report': report, 'signals': signals, 'signals_path': path, 'metrics': metrics}

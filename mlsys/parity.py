@@ -33,8 +33,9 @@ class ParityReport:
     online: pd.DataFrame = field(repr=False)
     @property
     def passed(self) -> bool: return not any(self.mismatches.values())
-    def summary(self) -> dict: return {'pairs': self.pairs, 'passed': self.passed, 'max_abs_diff': self.max_abs_diff,
-                                       'mismatching_rows': {k: v for k, v in self.mismatches.items() if v}}
+    def summary(self) -> dict:
+        return {'pairs': self.pairs, 'passed': self.passed, 'max_abs_diff': self.max_abs_diff,
+                'mismatching_rows': {k: v for k, v in self.mismatches.items() if v}}
 
 # %% ../nbs/03b_parity.ipynb #6f187eaf
 def parity_check(store, tx:pd.DataFrame, users:pd.DataFrame, manifest:dict, velocity:pd.DataFrame,
@@ -46,17 +47,21 @@ def parity_check(store, tx:pd.DataFrame, users:pd.DataFrame, manifest:dict, velo
     offline = fast_training_set(store, fraud_entities(sample)).set_index(sample.index)
     online = replay_online(store, serving_requests(sample, users, manifest), velocity)
     online = online.loc[offline.index]
-    mism = compare(offline, online, FRAUD_FEATURES, atol)
-    num = [c for c in FRAUD_FEATURES if pd.api.types.is_numeric_dtype(offline[c]) and pd.api.types.is_numeric_dtype(online[c])]
-    diff = np.nanmax(np.abs(offline[num].astype(float).to_numpy() - online[num].astype(float).to_numpy()), initial=0.0)
-    return ParityReport(len(sample), mism, float(diff), offline, online)
+    mismatches = compare(offline, online, FRAUD_FEATURES, atol)
+    numeric = [c for c in FRAUD_FEATURES if all(pd.api.types.is_numeric_dtype(f[c]) for f in (offline, online))]
+    gaps = offline[numeric].astype(float).to_numpy() - online[numeric].astype(float).to_numpy()
+    return ParityReport(len(sample), mismatches, float(np.nanmax(np.abs(gaps), initial=0.0)), offline, online)
 
+# %% ../nbs/03b_parity.ipynb #bbfc177b
 def parity_gate(rep:ParityReport, min_pairs:int=1000):
-    "Raise `ParityError` naming every feature on which the paths disagree, or when fewer than `min_pairs` were compared."
-    if rep.pairs < min_pairs: raise ParityError(f'only {rep.pairs} pairs compared; parity needs at least {min_pairs} (more days, or a bigger world)')
+    "Raise `ParityError` naming each feature where the paths disagree, or when under `min_pairs` were compared."
+    if rep.pairs < min_pairs:
+        raise ParityError(f'only {rep.pairs} pairs compared; parity needs at least {min_pairs} '
+                          '(more days, or a bigger world)')
     if not rep.passed:
         bad = ', '.join(f'{k} ({v} rows)' for k, v in rep.mismatches.items() if v)
-        raise ParityError(f'training-serving parity failed on {rep.pairs} pairs: {bad}; max abs diff {rep.max_abs_diff:.6g}')
+        raise ParityError(f'training-serving parity failed on {rep.pairs} pairs: {bad}; '
+                          f'max abs diff {rep.max_abs_diff:.6g}')
 
 # %% ../nbs/03b_parity.ipynb #b4c94506
 SKEW_SLO = 0.1
@@ -66,32 +71,43 @@ class SkewError(AssertionError):
     "Served feature distributions drifted from training beyond the SLO; the message names the features."
 
 def skew_report(train:pd.DataFrame, served:pd.DataFrame, features:list[str]=FRAUD_FEATURES, threshold:float=SKEW_SLO,
-                history_days:float|None=None) -> pd.DataFrame: # history before the reference window (None: enough for all)
+                history_days:float|None=None) -> pd.DataFrame: # history before the reference (None: enough for all)
     "PSI of each feature, training vs served: pass, fail against `threshold`, or warming up."
-    rows = [{'feature': f, 'psi': round(psi(train[f], served[f]), 4), 'null_train': round(float(train[f].isna().mean()), 4),
+    rows = [{'feature': f, 'psi': round(psi(train[f], served[f]), 4),
+             'null_train': round(float(train[f].isna().mean()), 4),
              'null_served': round(float(served[f].isna().mean()), 4)} for f in features]
-    df = pd.DataFrame(rows).set_index('feature')
-    warm = np.array([history_days is not None and WARMUP_DAYS.get(f, 0) > history_days for f in df.index])
-    bad = ~(df.psi <= threshold) | (df.null_served - df.null_train > NULL_SLACK)   # NaN PSI (nothing served) fails too
-    df['status'] = np.where(warm, 'warming up', np.where(bad, 'fail', 'pass'))
-    return df
+    report = pd.DataFrame(rows).set_index('feature')
+    warming = np.array([history_days is not None and WARMUP_DAYS.get(f, 0) > history_days for f in report.index])
+    # a NaN PSI (nothing served) fails too
+    bad = ~(report.psi <= threshold) | (report.null_served - report.null_train > NULL_SLACK)
+    report['status'] = np.where(warming, 'warming up', np.where(bad, 'fail', 'pass'))
+    return report
 
 def skew_gate(report:pd.DataFrame, threshold:float=SKEW_SLO):
-    "Raise `SkewError` naming every feature whose PSI is above `threshold`."
+    "Raise `SkewError` naming every failed feature of `report`: PSI above `threshold`, or too many missing values."
     bad = report[report.status == 'fail']
-    if len(bad): raise SkewError(f'training-serving skew above PSI {threshold} or missing values: ' +
-                                 ', '.join(f'{f} (PSI {r.psi:.3f}, missing {r.null_served:.0%} served vs {r.null_train:.0%} training)' for f, r in bad.iterrows()))
+    if not len(bad): return
+    named = ', '.join(f'{f} (PSI {r.psi:.3f}, missing {r.null_served:.0%} served vs {r.null_train:.0%} training)'
+                      for f, r in bad.iterrows())
+    raise SkewError(f'training-serving skew above PSI {threshold} or missing values: {named}')
 
+# %% ../nbs/03b_parity.ipynb #83f693d0
 def plot_skew(report:pd.DataFrame, threshold:float=SKEW_SLO, path:str|Path|None=None):
     "Bar chart of PSI per feature with the SLO line; saved to `path` when given."
-    import matplotlib; matplotlib.use('Agg') if path else None
+    import matplotlib
+    if path: matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(report) + 1))
     colour = report.status.map({'fail': 'tab:red', 'pass': 'tab:blue', 'warming up': 'tab:gray'})
     ax.barh(report.index, report.psi, color=colour)
-    ax.axvline(threshold, color='k', ls='--', lw=1, label=f'SLO {threshold}'); ax.set_xlabel('PSI (training vs served)'); ax.legend(); ax.invert_yaxis()
+    ax.axvline(threshold, color='k', ls='--', lw=1, label=f'SLO {threshold}')
+    ax.set_xlabel('PSI (training vs served)')
+    ax.legend()
+    ax.invert_yaxis()
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=100); plt.close(fig)
+    if path:
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
     return fig
 
 # %% ../nbs/03b_parity.ipynb #328cb9e1
@@ -111,7 +127,7 @@ def served_skew(store, # the build's `FeatureStore`
     history = (ref.ts.min() - pd.Timestamp(manifest['start'], tz='UTC')) / pd.Timedelta(days=1)
     return skew_report(reference, served, threshold=threshold, history_days=history)
 
-# %% ../nbs/03b_parity.ipynb #156d9af0
+# %% ../nbs/03b_parity.ipynb #78d539fa
 @dataclass
 class CheckedBuild:
     "A feature build checked against serving, not yet in service."
@@ -124,7 +140,6 @@ class CheckedBuild:
     skew_threshold: float   # the PSI SLO the skew report was judged against
     out: Path            # the stage folder holding the reports
 
-# %% ../nbs/03b_parity.ipynb #78d539fa
 def check_build(ws, # workspace (a `Workspace`) with a lake
                 out_dir:str|Path, # stage folder for `parity.json`, `skew.csv`, `skew.png`, `served_features.parquet`
                 online:str='sqlite', # online store: 'sqlite' or 'redis://host:port'
@@ -136,17 +151,18 @@ def check_build(ws, # workspace (a `Workspace`) with a lake
     "Build the feature repo from the lake; check parity over the newest days and skew against the days before."
     if not (ws.lake/'_manifest.json').exists():
         raise LakeError(f'no lake at {ws.lake} (no _manifest.json): run the ingest stage first')
-    man, tables, out = read_manifest(ws.lake), feature_tables(ws.lake), Path(out_dir)
-    build = build_repo(ws.features, tables, online=online, tag=man['tables']['transactions']['hash'][:8])
+    manifest, tables, out = read_manifest(ws.lake), feature_tables(ws.lake), Path(out_dir)
+    build = build_repo(ws.features, tables, online=online, tag=manifest['tables']['transactions']['hash'][:8])
     store = open_store(build)
     tx, users = read_table(ws.lake, 'transactions'), read_table(ws.lake, 'users')
-    parity = parity_check(store, tx, users, man, tables['user_velocity'], n=parity_pairs, days=parity_days, seed=seed)
+    parity = parity_check(store, tx, users, manifest, tables['user_velocity'],
+                          n=parity_pairs, days=parity_days, seed=seed)
     write_json(out/'parity.json', parity.summary())
-    skew = served_skew(store, tx, man, parity.online, parity_days, reference_days, skew_threshold, seed)
+    skew = served_skew(store, tx, manifest, parity.online, parity_days, reference_days, skew_threshold, seed)
     parity.online.to_parquet(out/'served_features.parquet')   # published to monitoring/ only after the gates pass
     skew.to_csv(out/'skew.csv')
     plot_skew(skew, skew_threshold, out/'skew.png')
-    return CheckedBuild(build, store, tables, man, parity, skew, skew_threshold, out)
+    return CheckedBuild(build, store, tables, manifest, parity, skew, skew_threshold, out)
 
 # %% ../nbs/03b_parity.ipynb #80b4b552
 def publish_build(ws, # workspace (a `Workspace`)

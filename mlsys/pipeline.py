@@ -27,72 +27,84 @@ class UsageError(ValueError):
     "The command was used wrongly (unknown stage or parameter); exit code 2."
 
 def jobs_dir() -> Path:
-    "Folder of the job notebooks: `$MLSYS_JOBS`, else `nbs/jobs` of a repository checkout, else the copy inside the package."
+    "Folder of the job notebooks: `$MLSYS_JOBS`, else a repository checkout's `nbs/jobs`, else the package's copy."
     import mlsys
     here = Path(mlsys.__file__).resolve().parent
-    d = Path(os.environ.get('MLSYS_JOBS') or next((p for p in (here.parent/'nbs'/'jobs', here/'jobs') if p.is_dir()), here/'jobs'))
-    if not d.is_dir(): raise UsageError(f'job notebooks not found at {d}: reinstall mlsys (pip install .) or set MLSYS_JOBS')
-    return d
+    found = next((p for p in (here.parent/'nbs'/'jobs', here/'jobs') if p.is_dir()), here/'jobs')
+    folder = Path(os.environ.get('MLSYS_JOBS') or found)
+    if not folder.is_dir():
+        raise UsageError(f'job notebooks not found at {folder}: reinstall mlsys (pip install .) or set MLSYS_JOBS')
+    return folder
 
 # %% ../nbs/16_pipeline.ipynb #496c4324
 def job_parameters(name:str) -> dict:
     "Parameters declared by job `name`: `{name: default-as-text}`."
     from papermill import inspect_notebook
     path = jobs_dir()/f'{name}.ipynb'
-    if not path.exists(): raise UsageError(f'unknown job {name!r}; jobs: {", ".join(sorted(p.stem for p in jobs_dir().glob("*.ipynb")))}')
+    if not path.exists():
+        known = ', '.join(sorted(p.stem for p in jobs_dir().glob('*.ipynb')))
+        raise UsageError(f'unknown job {name!r}; jobs: {known}')
     return {k: v['default'] for k, v in inspect_notebook(str(path)).items()}
 
+# %% ../nbs/16_pipeline.ipynb #bccca9e0
 def parse_value(text:str):
-    "A `-p` value as YAML (`3` is an int, `null` is None, `a b` stays a string); `1e-05` is a float (PyYAML alone reads a string), a date stays a string."
+    "A `-p` value as YAML (`3` is an int, `null` None, `a b` a string), except: `1e-05` is a float, a date a string."
     import datetime, re
-    if re.fullmatch(r'[+-]?\d+(\.\d*)?[eE][+-]?\d+', text.strip()): return float(text)
-    try: v = yaml.safe_load(text)
+    if re.fullmatch(r'[+-]?\d+(\.\d*)?[eE][+-]?\d+', text.strip()): return float(text)   # PyYAML reads a string
+    try: value = yaml.safe_load(text)
     except yaml.YAMLError: return text
-    return text if isinstance(v, (datetime.date, datetime.datetime)) else v   # notebooks take JSON values: `2026-01-14` is a day name
+    # notebooks take JSON values: `2026-01-14` is a day name
+    return text if isinstance(value, (datetime.date, datetime.datetime)) else value
 
 # %% ../nbs/16_pipeline.ipynb #0409f36c
 def new_run_dir(ws:Workspace) -> Path:
     "Create `runs/<id>/` in `ws` and point `runs/latest` at it."
-    rid = time.strftime('%Y%m%d-%H%M%S') + '-' + secrets.token_hex(2)
-    d = ws.runs/rid; (d/'notebooks').mkdir(parents=True)
+    run_id = time.strftime('%Y%m%d-%H%M%S') + '-' + secrets.token_hex(2)
+    run_dir = ws.runs/run_id
+    (run_dir/'notebooks').mkdir(parents=True)
     link = ws.runs/f'.latest.{os.getpid()}'
     if link.is_symlink() or link.exists(): link.unlink()
-    link.symlink_to(rid); os.replace(link, ws.runs/'latest')
-    return d
+    link.symlink_to(run_id)
+    os.replace(link, ws.runs/'latest')
+    return run_dir
 
-def stage_output(run_dir:str|Path|None, stage:str, artifacts:dict|None=None, metrics:dict|None=None, data_hashes:dict|None=None) -> dict:
+# %% ../nbs/16_pipeline.ipynb #8675307b
+def stage_output(run_dir:str|Path|None, stage:str, artifacts:dict|None=None,
+                 metrics:dict|None=None, data_hashes:dict|None=None) -> dict:
     "Called at the end of a job: record its `artifacts`, `metrics` and input `data_hashes` in `stages/<stage>.json`."
-    out = {'artifacts': {k: str(v) for k, v in (artifacts or {}).items()}, 'metrics': metrics or {}, 'data_hashes': data_hashes or {}}
+    out = {'artifacts': {k: str(v) for k, v in (artifacts or {}).items()},
+           'metrics': metrics or {}, 'data_hashes': data_hashes or {}}
     if run_dir is not None: write_json(Path(run_dir)/'stages'/f'{stage}.json', out)
     return out
 
 def stage_dir(run_dir:str|Path|None, stage:str, workspace:str|Path|None=None) -> Path:
     "Folder for `stage`'s reports in `run_dir`; a job run by hand without one gets a fresh run folder."
-    d = Path(run_dir) if run_dir else new_run_dir(Workspace(workspace).ensure())
-    (d/stage).mkdir(parents=True, exist_ok=True)
-    return d/stage
+    folder = (Path(run_dir) if run_dir else new_run_dir(Workspace(workspace).ensure()))/stage
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 # %% ../nbs/16_pipeline.ipynb #2109789a
 @dataclass
 class StageResult:
+    "One stage's outcome, as `run.json` lists it."
     name: str
-    status: str
+    status: str   # 'succeeded' or 'failed'
     started: str
     ended: str
     seconds: float
-    notebook: str
+    notebook: str   # the executed notebook, relative to the run folder
     artifacts: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    reason: str|None = None
+    reason: str|None = None   # why it failed, on one line
     data_hashes: dict = field(default_factory=dict)
 
-# %% ../nbs/16_pipeline.ipynb #ed0f2fc7
 def _now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%S%z')
 
 def _one_line(text:str, limit:int=500) -> str:
     line = ' '.join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + '...'
 
+# %% ../nbs/16_pipeline.ipynb #ed0f2fc7
 def _job_kernel_manager():
     "Kernels on local sockets, running this interpreter: a `python3` kernelspec elsewhere on the machine is not used."
     from jupyter_client.manager import AsyncKernelManager
@@ -105,7 +117,8 @@ def _job_kernel_manager():
 def _execute(name:str, params:dict, run_dir:Path) -> StageResult:
     "Run job `name` with `params` under papermill; never raises for a failure inside the notebook."
     import papermill as pm
-    out = run_dir/'notebooks'/f'{name}.ipynb'; part = out.with_name(f'{name}.partial.ipynb')
+    out = run_dir/'notebooks'/f'{name}.ipynb'
+    part = out.with_name(f'{name}.partial.ipynb')
     started, t0, reason = _now(), time.perf_counter(), None
     os.environ.setdefault('MLSYS_PROGRESS', 'log')
     try: pm.execute_notebook(str(jobs_dir()/f'{name}.ipynb'), str(part), parameters=params, kernel_name='python3',
@@ -114,10 +127,13 @@ def _execute(name:str, params:dict, run_dir:Path) -> StageResult:
     except Exception as e: reason = _one_line(f'{type(e).__name__}: {e}')
     finally:
         if part.exists(): os.replace(part, out)
-    rec = json.loads((run_dir/'stages'/f'{name}.json').read_text()) if (run_dir/'stages'/f'{name}.json').exists() else {}   # kept on failure too
-    if not reason and not rec: reason = f'job {name} finished without recording its output (stage_output was not called)'
+    stage_json = run_dir/'stages'/f'{name}.json'
+    recorded = json.loads(stage_json.read_text()) if stage_json.exists() else {}   # kept on failure too
+    if not reason and not recorded:
+        reason = f'job {name} finished without recording its output (stage_output was not called)'
     return StageResult(name, 'failed' if reason else 'succeeded', started, _now(), round(time.perf_counter() - t0, 2),
-                       str(out.relative_to(run_dir)), rec.get('artifacts', {}), rec.get('metrics', {}), reason, rec.get('data_hashes', {}))
+                       str(out.relative_to(run_dir)), recorded.get('artifacts', {}), recorded.get('metrics', {}),
+                       reason, recorded.get('data_hashes', {}))
 
 # %% ../nbs/16_pipeline.ipynb #92f4c893
 def select_stages(from_stage:str|None=None, to_stage:str|None=None, stages=STAGES) -> list[str]:
@@ -128,6 +144,7 @@ def select_stages(from_stage:str|None=None, to_stage:str|None=None, stages=STAGE
     if i > j: raise UsageError(f'--from {from_stage} comes after --to {to_stage}')
     return list(stages[i:j + 1])
 
+# %% ../nbs/16_pipeline.ipynb #9f654a30
 def stage_parameters(to_stage:str) -> set[str]:
     "Parameters that `mlsys run --to to_stage` accepts: those declared by the stages it runs (optional ones left out)."
     return set().union(*(job_parameters(s) for s in select_stages(to_stage=to_stage) if s not in OPTIONAL))
@@ -137,7 +154,9 @@ def check_params(params:dict, declared:dict[str, dict]):
     for k in set(params) & set(RESERVED): raise UsageError(f'{k} is set by {RESERVED[k]}, not by -p')
     known = set(GLOBAL_PARAMS).union(*declared.values()) - set(RESERVED)
     unknown = sorted(set(params) - known)
-    if unknown: raise UsageError(f'unknown parameter(s) {", ".join(unknown)}: no stage of this run declares them; known: {", ".join(sorted(known))}')
+    if unknown:
+        raise UsageError(f'unknown parameter(s) {", ".join(unknown)}: no stage of '
+                         f'this run declares them; known: {", ".join(sorted(known))}')
 
 # %% ../nbs/16_pipeline.ipynb #36e7bf61
 @dataclass
@@ -148,36 +167,50 @@ class RunResult:
     @property
     def ok(self) -> bool: return self.record['status'] == 'succeeded'
 
-# %% ../nbs/16_pipeline.ipynb #1b10045c
-def _record(run_id, results, settings, params, running:str|None=None):
-    "The run.json content; while `running` names a stage, the record says the run was interrupted there until it finishes."
+# %% ../nbs/16_pipeline.ipynb #8635d339
+def _record(run_id, results, settings, params, running:str|None=None) -> dict:
+    "The run.json content; while `running` names a stage, the record says the run was interrupted there."
     failed = next((r for r in results if r.status == 'failed'), None)
-    stage, reason = (failed.name, failed.reason) if failed else (running, f'interrupted during {running}') if running else (None, None)
+    if failed: stage, reason = failed.name, failed.reason
+    elif running: stage, reason = running, f'interrupted during {running}'
+    else: stage, reason = None, None
+    stages = [{k: v for k, v in vars(r).items() if k not in ('reason', 'data_hashes')} for r in results]
+    for entry, r in zip(stages, results):
+        if r.reason: entry['reason'] = r.reason
     hashes = {k: v for r in results for k, v in r.data_hashes.items()}
+    config = {**settings.model_dump(mode='json'), 'params': params}
     return {'run_id': run_id, 'status': 'failed' if stage else 'succeeded', 'failed_stage': stage, 'reason': reason,
-            'stages': [{k: v for k, v in vars(r).items() if k not in ('reason', 'data_hashes')} | ({'reason': r.reason} if r.reason else {}) for r in results],
-            'lineage': lineage({**settings.model_dump(mode='json'), 'params': params}, hashes)}
+            'stages': stages, 'lineage': lineage(config, hashes)}
 
+# %% ../nbs/16_pipeline.ipynb #1b10045c
 def run(settings:Settings|None=None, params:dict|None=None, from_stage:str|None=None, to_stage:str|None=None,
         stages:list[str]|None=None, log=None) -> RunResult:
     "Run the pipeline's stages (or `stages`) in order; stop at the first failure."
     settings, params, log = settings or Settings(), dict(params or {}), log or get_logger('mlsys.run')
     switches = {k: bool(params[k]) for k in set(OPTIONAL.values()) & set(params)}
-    names = stages or [n for n in select_stages(from_stage, to_stage) if switches.get(OPTIONAL.get(n), n not in OPTIONAL)]
+    def wanted(stage): return stage not in OPTIONAL or switches.get(OPTIONAL[stage], False)
+    names = stages or [n for n in select_stages(from_stage, to_stage) if wanted(n)]
     declared = {n: job_parameters(n) for n in names}
-    params = {k: v for k, v in params.items() if k not in switches or any(k in d for d in declared.values())}   # a switch reaches the stages that declare it
+    # a switch reaches the stages that declare it
+    params = {k: v for k, v in params.items() if k not in switches or any(k in d for d in declared.values())}
     check_params(params, declared)
     delivered = switches | {k: v for k, v in params.items() if any(k in d for d in declared.values())}
-    for k in sorted(set(params) - set(delivered)): log.warning('parameter %s is declared by none of the stages %s: ignored', k, ', '.join(names))
-    ws = settings.workspace.ensure(); run_dir = new_run_dir(ws); results = []
-    base = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale,
-            'accelerator': settings.accelerator, 'devices': settings.devices, 'num_nodes': settings.num_nodes}
+    for k in sorted(set(params) - set(delivered)):
+        log.warning('parameter %s is declared by none of the stages %s: ignored', k, ', '.join(names))
+    ws = settings.workspace.ensure()
+    run_dir = new_run_dir(ws)
+    results = []
+    runner_params = {'workspace': str(ws.root), 'run_dir': str(run_dir), 'seed': settings.seed, 'scale': settings.scale,
+                     'accelerator': settings.accelerator, 'devices': settings.devices, 'num_nodes': settings.num_nodes}
     for i, name in enumerate(names, 1):
-        p = {k: v for k, v in {**base, **params}.items() if k in declared[name]}
+        job_params = {k: v for k, v in {**runner_params, **params}.items() if k in declared[name]}
         log.info('[%d/%d] %s ...', i, len(names), name)
-        write_json(run_dir/'run.json', _record(run_dir.name, results, settings, delivered, running=name))   # a killed runner leaves this
-        r = _execute(name, p, run_dir); results.append(r)
+        # a killed runner leaves this
+        write_json(run_dir/'run.json', _record(run_dir.name, results, settings, delivered, running=name))
+        result = _execute(name, job_params, run_dir)
+        results.append(result)
         write_json(run_dir/'run.json', _record(run_dir.name, results, settings, delivered))
-        log.info('[%d/%d] %s %s in %.1fs%s', i, len(names), name, r.status, r.seconds, f': {r.reason}' if r.reason else '')
-        if r.status == 'failed': break
+        log.info('[%d/%d] %s %s in %.1fs%s', i, len(names), name, result.status, result.seconds,
+                 f': {result.reason}' if result.reason else '')
+        if result.status == 'failed': break
     return RunResult(run_dir, json.loads((run_dir/'run.json').read_text()))

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .features import FRAUD_REFS, SPECS, FeatureDefinitionError, check_refs, finish, request_rows, transaction_context
+from .features import (FRAUD_REFS, SPECS, FeatureDefinitionError, check_refs, finish, request_rows,
+                            transaction_context)
 
 # %% auto #0
 __all__ = ['READ_BEFORE', 'ODFV_INPUTS', 'ODFVS', 'check_entity_df', 'fraud_entities', 'feast_training_set', 'fast_training_set',
@@ -27,7 +28,8 @@ def check_entity_df(df:pd.DataFrame, ts:str='event_timestamp'):
 
 def fraud_entities(tx:pd.DataFrame) -> pd.DataFrame:
     "Entity frame for transactions `tx`: keys, request fields, and `event_timestamp` just before each transaction."
-    out = request_rows(tx).assign(event_timestamp=(tx.ts - READ_BEFORE).to_numpy(), transaction_id=tx.transaction_id.to_numpy())
+    out = request_rows(tx).assign(event_timestamp=(tx.ts - READ_BEFORE).to_numpy(),
+                                  transaction_id=tx.transaction_id.to_numpy())
     return out.reset_index(drop=True)
 
 # %% ../nbs/03a_pit.ipynb #688a7ca5
@@ -36,7 +38,8 @@ def _views(refs:list[str]) -> list[str]:
 
 def feast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
     "Point-in-time features for `entity_df` through Feast's `get_historical_features`, in input order."
-    check_entity_df(entity_df); check_refs(store, refs)
+    check_entity_df(entity_df)
+    check_refs(store, refs)
     e = entity_df.assign(_row=np.arange(len(entity_df)))
     df = store.get_historical_features(entity_df=e, features=refs).to_df()
     df = df.sort_values('_row').set_index('_row').reindex(np.arange(len(e)))
@@ -47,7 +50,9 @@ def feast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS)
 def _view_meta(store, view:str) -> tuple[str, str, pd.Timedelta|None, list[str]]:
     fv = store.get_feature_view(view)
     src = fv.batch_source
-    if not getattr(src, 'path', None): raise FeatureDefinitionError(f'feature view {view!r}: the fast path needs a file source, got {type(src).__name__}')
+    if not getattr(src, 'path', None):
+        raise FeatureDefinitionError(f'feature view {view!r}: the fast path needs a file source, got '
+                                     f'{type(src).__name__}')
     ttl = pd.Timedelta(fv.ttl) if fv.ttl else None
     return src.path, fv.join_keys[0] if hasattr(fv, 'join_keys') else fv.entities[0], ttl, [f.name for f in fv.features]
 
@@ -70,11 +75,14 @@ def _on_demand(out:pd.DataFrame, refs:list[str]):
         for k, vals in ODFVS[v]({c: out[c].tolist() for c in ODFV_INPUTS[v]}).items(): out[k] = vals
 
 def fast_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS, raw:bool=False) -> pd.DataFrame:
-    "Point-in-time features for `entity_df` with Feast's semantics, as DuckDB ASOF joins; input order kept (`raw`: skip `finish`)."
+    "Point-in-time features for `entity_df`: Feast's semantics as DuckDB ASOF joins, in input order; `raw`: unfinished."
     import duckdb
-    check_entity_df(entity_df); check_refs(store, refs)
+    check_entity_df(entity_df)
+    check_refs(store, refs)
     e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df)))
-    con = duckdb.connect(); con.execute("SET TimeZone='UTC'"); con.register('e', e)
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    con.register('e', e)
     out, wanted = e.copy(), [r.split(':')[1] for r in refs]
     need = set(wanted) | {c for v in _views(refs) if v in ODFV_INPUTS for c in ODFV_INPUTS[v]}
     for view in _views(refs):
@@ -95,11 +103,12 @@ def with_offline_store(store, kind:str='file'):
     from feast.repo_config import RepoConfig
     cfg = store.config
     new = RepoConfig(project=cfg.project, provider=cfg.provider, registry=cfg.registry, online_store=cfg.online_store,
-                     offline_store={'type': kind}, entity_key_serialization_version=cfg.entity_key_serialization_version, repo_path=cfg.repo_path)
+                     offline_store={'type': kind},
+                     entity_key_serialization_version=cfg.entity_key_serialization_version, repo_path=cfg.repo_path)
     return FeatureStore(config=new, repo_path=str(cfg.repo_path))
 
 def compare(a:pd.DataFrame, b:pd.DataFrame, cols:list[str], atol:float=1e-6) -> dict[str, int]:
-    "Rows of `a` and `b` (aligned) that differ per column: numbers beyond `atol`, other values not equal; NaN equals NaN."
+    "Rows of `a` and `b` (aligned) that differ per column: numbers beyond `atol`, others not equal; NaN equals NaN."
     out = {}
     for c in cols:
         x, y = a[c].reset_index(drop=True), b[c].reset_index(drop=True)
@@ -111,7 +120,8 @@ def compare(a:pd.DataFrame, b:pd.DataFrame, cols:list[str], atol:float=1e-6) -> 
     return out
 
 # %% ../nbs/03a_pit.ipynb #e5ef1714
-def naive_training_set(tables:dict[str, pd.DataFrame], entity_df:pd.DataFrame, at:pd.Timestamp, views=None) -> pd.DataFrame:
+def naive_training_set(tables:dict[str, pd.DataFrame], entity_df:pd.DataFrame, at:pd.Timestamp,
+                       views=None) -> pd.DataFrame:
     "The leaky join: every row gets each entity's latest feature values as of `at` (the time the set is built)."
     from mlsys.features import FRAUD_VIEWS
     out = entity_df.copy()
@@ -125,16 +135,21 @@ def naive_training_set(tables:dict[str, pd.DataFrame], entity_df:pd.DataFrame, a
 # %% ../nbs/03a_pit.ipynb #ed3c2fec
 def pandas_training_set(store, entity_df:pd.DataFrame, refs:list[str]=FRAUD_REFS) -> pd.DataFrame:
     "Point-in-time features for `entity_df` with pandas `merge_asof`, Feast's semantics; input order kept."
-    check_entity_df(entity_df); check_refs(store, refs)
-    e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df))).sort_values('event_timestamp', kind='stable')
+    check_entity_df(entity_df)
+    check_refs(store, refs)
+    e = entity_df.reset_index(drop=True).assign(_row=np.arange(len(entity_df)))
+    e = e.sort_values('event_timestamp', kind='stable')
     out, wanted = entity_df.reset_index(drop=True).copy(), [r.split(':')[1] for r in refs]
     need = set(wanted) | {c for v in _views(refs) if v in ODFV_INPUTS for c in ODFV_INPUTS[v]}
     for view in _views(refs):
         if view in ODFV_INPUTS: continue
-        path, key, ttl, feats = _view_meta(store, view); feats = [f for f in feats if f in need]
-        t = pd.read_parquet(path).sort_values(['event_timestamp', 'created']).drop_duplicates([key, 'event_timestamp'], keep='last')
+        path, key, ttl, feats = _view_meta(store, view)
+        feats = [f for f in feats if f in need]
+        t = pd.read_parquet(path).sort_values(['event_timestamp', 'created'])
+        t = t.drop_duplicates([key, 'event_timestamp'], keep='last')
         t = t[[key, 'event_timestamp', *feats]].rename(columns={'event_timestamp': '_fts'})
-        j = pd.merge_asof(e[['_row', key, 'event_timestamp']], t, left_on='event_timestamp', right_on='_fts', by=key, direction='backward')
+        j = pd.merge_asof(e[['_row', key, 'event_timestamp']], t, left_on='event_timestamp', right_on='_fts', by=key,
+                          direction='backward')
         if ttl is not None: j.loc[j._fts < j.event_timestamp - ttl, feats] = np.nan
         j = j.set_index('_row').sort_index()
         for f in feats: out[f] = j[f].to_numpy()
@@ -148,73 +163,109 @@ def _peak_rss(fn):
     proc, peak, stop = psutil.Process(), [0], threading.Event()
     base = proc.memory_info().rss
     def watch():
-        while not stop.is_set(): peak[0] = max(peak[0], proc.memory_info().rss); stop.wait(0.005)
-    t = threading.Thread(target=watch, daemon=True); t.start()
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.005)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
     try: res = fn()
-    finally: stop.set(); t.join()
+    finally:
+        stop.set()
+        t.join()
     return res, round(max(0, peak[0] - base) / 2**20, 1)
+
+# %% ../nbs/03a_pit.ipynb #10734f34
+def _headline(t:dict, big:int, equal:bool, lat:dict) -> dict:
+    "The figures `mlsys bench` reports: point-in-time speed-ups at `big` rows (none for unequal results), online p99."
+    speedup = lambda other: round(t[(other, big)] / t[('mlsys duckdb asof', big)], 1)
+    return {f'pit_speedup_vs_feast_file_{big // 1000}k': speedup('feast file store') if equal else None,
+            'pit_speedup_vs_feast_duckdb': speedup('feast duckdb store'),
+            'online_p99_ms_1_entity': lat[1]['p99_ms'], 'online_p99_ms_100_entities': lat[100]['p99_ms']}
+
+def _bench_store(n_days:int):
+    "A simulated lake of `n_days`, its manifest, its feature tables, a store built on them and the transactions."
+    import tempfile
+    from mlsys.features import build_repo, feature_tables, open_store
+    from mlsys.world import read_table, simulate, write_lake
+    lake = Path(tempfile.mkdtemp())/'lake'
+    man = write_lake(simulate(seed=0, n_days=n_days), lake)
+    tables = feature_tables(lake)
+    return man, tables, open_store(build_repo(lake.parent/'features', tables)), read_table(lake, 'transactions')
 
 # %% ../nbs/03a_pit.ipynb #0562cdb7
 def _timed(fn, repeat):
     ts, res = [], None
     for _ in range(repeat):
-        t0 = time.perf_counter(); res = fn(); ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        res = fn()
+        ts.append(time.perf_counter() - t0)
     return res, float(np.median(ts))
 
 def _online_latency(store, users:list[str], reps:int) -> dict:
-    "p50/p99 ms of `get_online_features` (all fraud features) for 1 and 100 entities, and of a direct SQLite read of the same rows."
+    "p50/p99 ms of `get_online_features` (all fraud features) for 1 and 100 entities, and of a raw SQLite read."
     import sqlite3
     from feast.infra.key_encoding_utils import serialize_entity_key
     from feast.protos.feast.types.EntityKey_pb2 import EntityKey
     from feast.protos.feast.types.Value_pb2 import Value
     rng, out = np.random.default_rng(0), {}
-    con = sqlite3.connect(store.config.online_store.path if Path(store.config.online_store.path).is_absolute() else str(Path(store.repo_path)/store.config.online_store.path))
+    path = Path(store.config.online_store.path)
+    con = sqlite3.connect(str(path if path.is_absolute() else Path(store.repo_path)/path))
     table = f'{store.project}_user_spend'
     for k in (1, 100):
         lat, floor = [], []
         for _ in range(reps):
             who = rng.choice(users, k)
-            rows = [{'user_id': u, 'merchant_id': 1, 'device_id': f'{u}-0', 'amount': 50.0, 'request_ts': 1767600000} for u in who]
-            t0 = time.perf_counter(); store.get_online_features(features=FRAUD_REFS, entity_rows=rows).to_dict(); lat.append(time.perf_counter() - t0)
-            keys = [serialize_entity_key(EntityKey(join_keys=['user_id'], entity_values=[Value(string_val=u)]), 3) for u in who]
+            rows = [{'user_id': u, 'merchant_id': 1, 'device_id': f'{u}-0', 'amount': 50.0, 'request_ts': 1767600000}
+                    for u in who]
             t0 = time.perf_counter()
-            for view in ('user_profile', 'user_spend', 'user_velocity', 'merchant_risk', 'device_fanout'):  # as many reads as views
-                con.execute(f'SELECT feature_name, value FROM "{table}" WHERE entity_key IN ({",".join("?" * len(keys))})', keys).fetchall()
+            store.get_online_features(features=FRAUD_REFS, entity_rows=rows).to_dict()
+            lat.append(time.perf_counter() - t0)
+            keys = [serialize_entity_key(EntityKey(join_keys=['user_id'], entity_values=[Value(string_val=u)]), 3)
+                    for u in who]
+            t0 = time.perf_counter()
+            # as many reads as views
+            for view in ('user_profile', 'user_spend', 'user_velocity', 'merchant_risk', 'device_fanout'):
+                con.execute(f'SELECT feature_name, value FROM "{table}" WHERE entity_key IN '
+                            f'({",".join("?" * len(keys))})', keys).fetchall()
             floor.append(time.perf_counter() - t0)
         ms = lambda xs, q: round(float(np.quantile(xs, q)) * 1000, 3)
-        out[k] = {'p50_ms': ms(lat, .5), 'p99_ms': ms(lat, .99), 'sqlite_floor_p50_ms': ms(floor, .5), 'sqlite_floor_p99_ms': ms(floor, .99)}
+        out[k] = {'p50_ms': ms(lat, .5), 'p99_ms': ms(lat, .99), 'sqlite_floor_p50_ms': ms(floor, .5),
+                  'sqlite_floor_p99_ms': ms(floor, .99)}
     return out
 
 # %% ../nbs/03a_pit.ipynb #e4ae81bd
 def bench_features(quick:bool=False):
     "Offline point-in-time paths side by side, and online latency; see the notebook for what is compared."
-    import tempfile
-    from mlsys.features import build_repo, feature_tables, materialize, open_store, FRAUD_FEATURES
-    from mlsys.world import read_table, simulate, write_lake
+    from mlsys.features import materialize, FRAUD_FEATURES
     n_days, sizes, reps = (21, (2_000, 10_000), 30) if quick else (45, (10_000, 100_000), 300)
-    lake = Path(tempfile.mkdtemp())/'lake'; man = write_lake(simulate(seed=0, n_days=n_days), lake)
-    tables = feature_tables(lake); store = open_store(build_repo(lake.parent/'features', tables)); file_store = with_offline_store(store, 'file')
-    tx = read_table(lake, 'transactions'); results, t = [], {}
+    man, tables, store, tx = _bench_store(n_days)
+    file_store = with_offline_store(store, 'file')
+    results, t = [], {}
     for n in sizes:
         ents = fraud_entities(tx.sample(n, replace=n > len(tx), random_state=0))
         ref_file = None
-        paths = {'feast file store': (lambda: file_store.get_historical_features(entity_df=ents.assign(_row=np.arange(n)), features=FRAUD_REFS).to_df(), 1),
+        feast_file = lambda: file_store.get_historical_features(entity_df=ents.assign(_row=np.arange(n)),
+                                                                features=FRAUD_REFS).to_df()
+        paths = {'feast file store': (feast_file, 1),
                  'feast duckdb store': (lambda: feast_training_set(store, ents), 1 if n >= 100_000 else 3),
                  'mlsys duckdb asof': (lambda: fast_training_set(store, ents), 3),
                  'pandas merge_asof': (lambda: pandas_training_set(store, ents), 3)}
         for label, (fn, rep) in paths.items():
             (res, secs), mem = _peak_rss(lambda: _timed(fn, rep))
             if label == 'feast file store':
-                kept = res._row.to_numpy(); ref_file = finish(res.set_index('_row').loc[kept].reset_index(drop=True)); row = {'rows_returned': len(kept), 'equal_to_file_store': True}
+                kept = res._row.to_numpy()
+                ref_file = finish(res.set_index('_row').loc[kept].reset_index(drop=True))
+                row = {'rows_returned': len(kept), 'equal_to_file_store': True}
             else:
                 bad = sum(compare(res.iloc[kept], ref_file, FRAUD_FEATURES).values())
                 row = {'rows_returned': len(res), 'equal_to_file_store': bad == 0}
             t[(label, n)] = secs
-            results.append({'label': label, 'entity_rows': n, 'median_s': round(secs, 4), 'peak_mb': mem, **row, 'repeat': rep})
+            results.append({'label': label, 'entity_rows': n, 'median_s': round(secs, 4), 'peak_mb': mem, **row,
+                            'repeat': rep})
     materialize(store, pd.Timestamp(man['as_of']))
     lat = _online_latency(store, tables['user_spend'].user_id.unique().tolist(), reps)
-    for k, v in lat.items(): results.append({'label': f'online get_online_features, {k} entities', 'entity_rows': k, **v, 'repeat': reps})
-    big, equal = sizes[-1], all(r.get('equal_to_file_store', True) for r in results)   # no speed-up is reported for unequal results
-    return results, {f'pit_speedup_vs_feast_file_{big // 1000}k': round(t[('feast file store', big)] / t[('mlsys duckdb asof', big)], 1) if equal else None,
-                     'pit_speedup_vs_feast_duckdb': round(t[('feast duckdb store', big)] / t[('mlsys duckdb asof', big)], 1),
-                     'online_p99_ms_1_entity': lat[1]['p99_ms'], 'online_p99_ms_100_entities': lat[100]['p99_ms']}
+    for k, v in lat.items():
+        results.append({'label': f'online get_online_features, {k} entities', 'entity_rows': k, **v, 'repeat': reps})
+    # no speed-up is reported for unequal results
+    big, equal = sizes[-1], all(r.get('equal_to_file_store', True) for r in results)
+    return results, _headline(t, big, equal, lat)

@@ -11,11 +11,12 @@ from typing import Iterable
 import pandas as pd
 from fastcore.basics import patch
 
+from .config import get_logger
 from .model_files import MODEL_FILES, RECIPE_KEYS, load_model, read_spec, write_spec
 
 # %% auto #0
 __all__ = ['STAGES', 'RegistryError', 'NotFound', 'ChecksumError', 'SchemaError', 'PromotionRefused', 'sha256', 'checksums',
-           'model_card', 'Registry', 'rebuild_command', 'train_lineage']
+           'model_card', 'Registry', 'rebuild_command', 'train_lineage', 'register_evaluated', 'register_run']
 
 # %% ../nbs/07_registry.ipynb #168149c7
 class RegistryError(ValueError):
@@ -29,7 +30,7 @@ class SchemaError(RegistryError):
 class PromotionRefused(RegistryError):
     "A promotion to production of a version that did not pass its gates."
 
-STAGES = ('none', 'staging', 'production', 'archived')   # a version: `04a_model_files`' MODEL_FILES plus the registry's files
+STAGES = ('none', 'staging', 'production', 'archived')
 
 # %% ../nbs/07_registry.ipynb #1231098f
 def sha256(path:str|Path) -> str:
@@ -42,30 +43,44 @@ def sha256(path:str|Path) -> str:
 def checksums(folder:str|Path) -> dict[str, str]:
     "SHA-256 of every file under `folder` except `checksums.json`, by relative path."
     folder = Path(folder)
-    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob('*')) if p.is_file() and p.name != 'checksums.json'}
+    files = [p for p in sorted(folder.rglob('*')) if p.is_file() and p.name != 'checksums.json']
+    return {str(p.relative_to(folder)): sha256(p) for p in files}
 
 # %% ../nbs/07_registry.ipynb #62eefc8f
+def _metric_line(k, v) -> str: return f'- {k}: {v:.4f}' if isinstance(v, float) else f'- {k}: {v}'
+
+# %% ../nbs/07_registry.ipynb #6f647950
 def model_card(name:str, version:int, spec:dict, metrics:dict, gates:list[dict], lineage:dict) -> str:
     "A markdown model card for one version."
-    lines = [f'# Model card: {name} v{version}', '', f"A `{spec.get('class', '?')}` scoring card transactions for fraud; the output is a probability.",
-             '', '## Inputs', '', f"- numeric: {', '.join(spec.get('numeric', []))}", f"- categorical: {', '.join(spec.get('categorical', []))}",
-             '', '## Data', '', f"- training window: {' to '.join(spec.get('train_window', ['?']))}", f"- test window: {' to '.join(spec.get('test_window', ['?']))}",
+    window = lambda k: ' to '.join(spec.get(k, ['?']))
+    lines = [f'# Model card: {name} v{version}', '',
+             f"A `{spec.get('class', '?')}` scoring card transactions for fraud; the output is a probability.",
+             '', '## Inputs', '', f"- numeric: {', '.join(spec.get('numeric', []))}",
+             f"- categorical: {', '.join(spec.get('categorical', []))}",
+             '', '## Data', '', f"- training window: {window('train_window')}",
+             f"- test window: {window('test_window')}",
              *(f'- {k}: `{v}`' for k, v in (lineage.get('data_hashes') or {}).items()),
-             '', '## Metrics (test window)', '', *(f'- {k}: {v:.4f}' if isinstance(v, float) else f'- {k}: {v}' for k, v in metrics.items() if not isinstance(v, (dict, list))),
+             '', '## Metrics (test window)', '',
+             *(_metric_line(k, v) for k, v in metrics.items() if not isinstance(v, (dict, list))),
              '', '## Gates', '', '| gate | passed | value | threshold |', '| --- | --- | --- | --- |',
-             *(f"| {g['name']} | {'yes' if g['passed'] else 'NO'} | {g.get('value')} | {g.get('threshold')} |" for g in gates),
-             '', '## Lineage', '', f"- run: {lineage.get('run_id')}", f"- git commit: {lineage.get('git_commit')} (uncommitted changes: {lineage.get('git_dirty')})",
-             f"- W&B run: {lineage.get('wandb_run')}", f"- feature views: {', '.join(lineage.get('feature_views', []))}",
-             '', '## Limits', '', 'Trained on a simulated marketplace. Labels arrive with a delay, so the newest days are under-represented; '
-             'scores drift when the population or the fraud patterns change, which the monitoring stage watches.']
+             *(f"| {g['name']} | {'yes' if g['passed'] else 'NO'} | {g.get('value')} | {g.get('threshold')} |"
+               for g in gates),
+             '', '## Lineage', '', f"- run: {lineage.get('run_id')}",
+             f"- git commit: {lineage.get('git_commit')} (uncommitted changes: {lineage.get('git_dirty')})",
+             f"- W&B run: {lineage.get('wandb_run')}",
+             f"- feature views: {', '.join(lineage.get('feature_views', []))}",
+             '', '## Limits', '', 'Trained on a simulated marketplace. Labels arrive with a delay, so the newest days '
+             'are under-represented; scores drift when the population or the fraud patterns change, which the '
+             'monitoring stage watches.']
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/07_registry.ipynb #844b2dab
 _SCHEMA = '''
-CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NULL, stage TEXT NOT NULL, created_at TEXT NOT NULL,
-    path TEXT NOT NULL, run_id TEXT, metrics TEXT, gates_passed INTEGER NOT NULL, PRIMARY KEY (name, version));
-CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, name TEXT NOT NULL, version INTEGER,
-    action TEXT NOT NULL, from_stage TEXT, to_stage TEXT, reason TEXT, actor TEXT);
+CREATE TABLE IF NOT EXISTS versions (name TEXT NOT NULL, version INTEGER NOT NULL, stage TEXT NOT NULL,
+    created_at TEXT NOT NULL, path TEXT NOT NULL, run_id TEXT, metrics TEXT, gates_passed INTEGER NOT NULL,
+    PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, name TEXT NOT NULL,
+    version INTEGER, action TEXT NOT NULL, from_stage TEXT, to_stage TEXT, reason TEXT, actor TEXT);
 '''
 
 def _now() -> str: return time.strftime('%Y-%m-%dT%H:%M:%S%z')
@@ -74,7 +89,7 @@ def _actor() -> str:
     try: return getpass.getuser()
     except Exception: return str(os.getuid())
 
-# %% ../nbs/07_registry.ipynb #487d6e39
+# %% ../nbs/07_registry.ipynb #8369c502
 class Registry:
     "Model versions under `root` (the workspace's `models/`), indexed in `root/registry.db`."
     def __init__(self, root:str|Path, timeout:float=60):
@@ -88,31 +103,39 @@ class Registry:
         return con
 
     def _audit(self, con, name, version, action, from_stage=None, to_stage=None, reason=None):
-        con.execute('INSERT INTO audit (at, name, version, action, from_stage, to_stage, reason, actor) VALUES (?,?,?,?,?,?,?,?)',
-                    (_now(), name, version, action, from_stage, to_stage, reason, _actor()))
+        con.execute('INSERT INTO audit (at, name, version, action, from_stage, to_stage, reason, actor) '
+                    'VALUES (?,?,?,?,?,?,?,?)', (_now(), name, version, action, from_stage, to_stage, reason, _actor()))
 
-# %% ../nbs/07_registry.ipynb #6edaefa4
+# %% ../nbs/07_registry.ipynb #f0dff9f7
 def _check_schema(spec:dict, features:list[str]|None):
     if features is None: return
     inputs = [*spec.get('numeric', []), *spec.get('categorical', [])]
     missing = [f for f in inputs if f not in features]
-    if missing: raise SchemaError(f'the model expects input(s) {missing} that the feature set does not provide (it has {len(features)} features: {", ".join(features[:8])}...)')
+    if missing: raise SchemaError(f'the model expects input(s) {missing} that the feature set does not provide '
+                                  f'(it has {len(features)} features: {", ".join(features[:8])}...)')
 
+def _assemble(model_dir:Path, tmp:Path, spec:dict, metrics:dict, gates:list, lineage:dict):
+    "Copy the model files to `tmp` and add the registry's: metrics, gates, lineage and the input/output schema."
+    schema = {'inputs': {'numeric': spec['numeric'], 'categorical': spec['categorical']},
+              'output': {'name': 'score', 'type': 'float', 'range': [0, 1]}}
+    shutil.copytree(model_dir, tmp)
+    files = {'metrics.json': metrics, 'gates.json': gates, 'lineage.json': lineage, 'schema.json': schema}
+    for fname, obj in files.items(): (tmp/fname).write_text(json.dumps(obj, indent=1, default=str))
+
+# %% ../nbs/07_registry.ipynb #6edaefa4
 @patch
-def register(self:Registry, name:str, model_dir:str|Path, metrics:dict|None=None, gates:list[dict]|None=None, lineage:dict|None=None,
-              features:list[str]|None=None, _crash_at:str|None=None) -> int:
+def register(self:Registry, name:str, model_dir:str|Path, metrics:dict|None=None, gates:list[dict]|None=None,
+             lineage:dict|None=None, features:list[str]|None=None, _crash_at:str|None=None) -> int:
     "Register the model in `model_dir` as the next version of `name` (stage `none`); returns the version number."
     model_dir, metrics, gates, lineage = Path(model_dir), metrics or {}, gates or [], lineage or {}
     missing = [f for f in MODEL_FILES if not (model_dir/f).exists()]
     if missing: raise RegistryError(f'{model_dir} is not a saved model: {missing} missing')
-    spec = read_spec(model_dir); _check_schema(spec, features)
-    schema = {'inputs': {'numeric': spec['numeric'], 'categorical': spec['categorical']}, 'output': {'name': 'score', 'type': 'float', 'range': [0, 1]}}
+    spec = read_spec(model_dir)
+    _check_schema(spec, features)
     (self.root/name).mkdir(exist_ok=True)
     tmp, con, final = self.root/name/f'.incoming-{uuid.uuid4().hex[:8]}', None, None
     try:
-        shutil.copytree(model_dir, tmp)
-        for fname, obj in (('metrics.json', metrics), ('gates.json', gates), ('lineage.json', lineage), ('schema.json', schema)):
-            (tmp/fname).write_text(json.dumps(obj, indent=1, default=str))
+        _assemble(model_dir, tmp, spec, metrics, gates, lineage)
         if _crash_at == 'assembling': raise RuntimeError('crash while assembling')
         con = self._db()
         con.execute('BEGIN IMMEDIATE')
@@ -123,8 +146,9 @@ def register(self:Registry, name:str, model_dir:str|Path, metrics:dict|None=None
         if final.exists(): shutil.rmtree(final)   # left by a crash after the rename: never committed, so never visible
         os.replace(tmp, final)
         if _crash_at == 'before_commit': raise RuntimeError('crash before commit')
-        con.execute('INSERT INTO versions VALUES (?,?,?,?,?,?,?,?)', (name, version, 'none', _now(), str(final), lineage.get('run_id'),
-                    json.dumps(metrics, default=str), int(all(g['passed'] for g in gates) and bool(gates))))
+        passed = int(all(g['passed'] for g in gates) and bool(gates))
+        con.execute('INSERT INTO versions VALUES (?,?,?,?,?,?,?,?)', (name, version, 'none', _now(), str(final),
+                    lineage.get('run_id'), json.dumps(metrics, default=str), passed))
         self._audit(con, name, version, 'register', None, 'none', f"run {lineage.get('run_id')}")
         con.execute('COMMIT')
         return version
@@ -134,7 +158,7 @@ def register(self:Registry, name:str, model_dir:str|Path, metrics:dict|None=None
         raise
     finally:
         if con is not None: con.close()
-        shutil.rmtree(tmp, ignore_errors=True)   # a process killed outright can leave one; hidden, ignored, never listed
+        shutil.rmtree(tmp, ignore_errors=True)   # a process killed outright can leave one: hidden, never listed
 
 # %% ../nbs/07_registry.ipynb #d9e64df5
 @patch
@@ -144,22 +168,29 @@ def get(self:Registry, name:str, ref:int|str='production') -> dict:
         if not con.execute('SELECT 1 FROM versions WHERE name=?', (name,)).fetchone():
             names = [r[0] for r in con.execute('SELECT DISTINCT name FROM versions')]
             raise NotFound(f'no model named {name!r}; registered: {", ".join(names) or "none"}')
-        if str(ref).isdigit(): row = con.execute('SELECT * FROM versions WHERE name=? AND version=?', (name, int(ref))).fetchone()
-        elif ref == 'latest': row = con.execute('SELECT * FROM versions WHERE name=? ORDER BY version DESC LIMIT 1', (name,)).fetchone()
-        elif ref in STAGES: row = con.execute('SELECT * FROM versions WHERE name=? AND stage=? ORDER BY version DESC LIMIT 1', (name, ref)).fetchone()
+        pick = 'SELECT * FROM versions WHERE name=?'
+        if str(ref).isdigit(): row = con.execute(pick + ' AND version=?', (name, int(ref))).fetchone()
+        elif ref == 'latest': row = con.execute(pick + ' ORDER BY version DESC LIMIT 1', (name,)).fetchone()
+        elif ref in STAGES:
+            row = con.execute(pick + ' AND stage=? ORDER BY version DESC LIMIT 1', (name, ref)).fetchone()
         else: raise NotFound(f'{ref!r} is not a version: use a number, one of {", ".join(STAGES)}, or latest')
     if row is None: raise NotFound(f'{name}:{ref} does not exist')
-    return {**dict(row), 'metrics': json.loads(row['metrics'] or '{}'), 'path': self.root/name/str(row['version'])}   # relative to root: a copied workspace stays whole
+    # the folder from `root`, not the stored path: a copied workspace stays whole
+    return {**dict(row), 'metrics': json.loads(row['metrics'] or '{}'), 'path': self.root/name/str(row['version'])}
 
+# %% ../nbs/07_registry.ipynb #bab21c8e
 @patch
 def verify(self:Registry, name:str, ref:int|str) -> list[str]:
     "Problems with the files of `name:ref` against its recorded checksums; empty when every file matches."
     d = self.get(name, ref)['path']
     if not (d/'checksums.json').exists(): return [f'{d/"checksums.json"} is missing']
     want, have = json.loads((d/'checksums.json').read_text()), checksums(d)
-    return ([f'{f}: checksum mismatch (recorded {want[f][:12]}, now {have[f][:12]})' for f in want if f in have and have[f] != want[f]]
-            + [f'{f}: missing' for f in want if f not in have] + [f'{f}: not registered' for f in have if f not in want])
+    changed = [f'{f}: checksum mismatch (recorded {want[f][:12]}, now {have[f][:12]})'
+               for f in want if f in have and have[f] != want[f]]
+    return (changed + [f'{f}: missing' for f in want if f not in have]
+            + [f'{f}: not registered' for f in have if f not in want])
 
+# %% ../nbs/07_registry.ipynb #2eabd758
 @patch
 def load(self:Registry, name:str, ref:int|str='production'):
     "Model (eval mode), preprocessor and index row of `name:ref`, after verifying every checksum."
@@ -168,17 +199,26 @@ def load(self:Registry, name:str, ref:int|str='production'):
     return model, pre, row
 
 @patch
+def production(self:Registry, name:str) -> tuple|None:
+    "`load(name, 'production')`, or None while `name` has no production version."
+    try: return self.load(name, 'production')
+    except NotFound: return None
+
+@patch
 def _verified(self:Registry, name:str, ref:int|str) -> dict:
     "The index row of `name:ref`; `ChecksumError` unless every file matches its checksum."
-    row = self.get(name, ref); bad = self.verify(name, row['version'])
+    row = self.get(name, ref)
+    bad = self.verify(name, row['version'])
     if bad: raise ChecksumError(f"{name}:{row['version']} refused: " + '; '.join(bad))
     return row
 
+# %% ../nbs/07_registry.ipynb #bb85cec0
 @patch
 def list(self:Registry, name:str|None=None) -> pd.DataFrame:
     "Versions (of `name`, or all), newest first."
     with self._db() as con:
-        q = 'SELECT name, version, stage, created_at, run_id, gates_passed, metrics FROM versions' + (' WHERE name=?' if name else '') + ' ORDER BY name, version DESC'
+        q = ('SELECT name, version, stage, created_at, run_id, gates_passed, metrics FROM versions'
+             + (' WHERE name=?' if name else '') + ' ORDER BY name, version DESC')
         df = pd.read_sql_query(q, con, params=(name,) if name else None)
     df['auprc'] = [json.loads(m or '{}').get('auprc') for m in df.pop('metrics')]
     return df
@@ -186,7 +226,8 @@ def list(self:Registry, name:str|None=None) -> pd.DataFrame:
 @patch
 def history(self:Registry, name:str) -> pd.DataFrame:
     "The audit log of `name`, oldest first."
-    with self._db() as con: return pd.read_sql_query('SELECT at, version, action, from_stage, to_stage, reason, actor FROM audit WHERE name=? ORDER BY id', con, params=(name,))
+    q = 'SELECT at, version, action, from_stage, to_stage, reason, actor FROM audit WHERE name=? ORDER BY id'
+    with self._db() as con: return pd.read_sql_query(q, con, params=(name,))
 
 # %% ../nbs/07_registry.ipynb #592cd5b9
 @patch
@@ -196,65 +237,80 @@ def _set_stage(self:Registry, con, name, version, stage, action, reason):
     self._audit(con, name, version, action, old, stage, reason)
 
 @patch
-def promote(self:Registry, name:str, ref:int|str, stage:str='production', reason:str|None=None, force:bool=False) -> int:
+def promote(self:Registry, name:str, ref:int|str, stage:str='production', reason:str|None=None,
+            force:bool=False) -> int:
     "Move `name:ref` to `stage`; production requires passed gates, or `force` with a `reason`. Returns the version."
     if stage not in STAGES: raise RegistryError(f'unknown stage {stage!r}; stages: {", ".join(STAGES)}')
-    row = self.get(name, ref); v = row['version']
+    row = self.get(name, ref)
+    v = row['version']
     if stage == 'production' and not row['gates_passed']:
-        if not force: raise PromotionRefused(f'{name}:{v} did not pass its gates; promote with --force and a --reason to override')
+        if not force:
+            raise PromotionRefused(f'{name}:{v} did not pass its gates; '
+                                   'promote with --force and a --reason to override')
         if not (reason or '').strip(): raise PromotionRefused(f'a forced promotion of {name}:{v} needs a reason')
     con = self._db()
     try:
         con.execute('BEGIN IMMEDIATE')
         if stage == 'production':
-            for (cur,) in con.execute("SELECT version FROM versions WHERE name=? AND stage='production' AND version<>?", (name, v)).fetchall():
-                self._set_stage(con, name, cur, 'archived', 'archive', f'replaced by v{v}')
-        self._set_stage(con, name, v, stage, 'force-promote' if force and not row['gates_passed'] else 'promote', reason)
+            current = con.execute("SELECT version FROM versions WHERE name=? AND stage='production' AND version<>?",
+                                  (name, v)).fetchall()
+            for (cur,) in current: self._set_stage(con, name, cur, 'archived', 'archive', f'replaced by v{v}')
+        action = 'force-promote' if force and not row['gates_passed'] else 'promote'
+        self._set_stage(con, name, v, stage, action, reason)
         con.execute('COMMIT')
-    except BaseException: con.execute('ROLLBACK'); raise
+    except BaseException:
+        con.execute('ROLLBACK')
+        raise
     finally: con.close()
     return v
 
+# %% ../nbs/07_registry.ipynb #08649458
 @patch
 def rollback(self:Registry, name:str, reason:str='rollback') -> int:
     "Put the previous production version of `name` back in production; returns its number."
     cur = self.get(name, 'production')['version']
     with self._db() as con:
-        prev = [r[0] for r in con.execute("SELECT version FROM audit WHERE name=? AND to_stage='production' AND version<>? ORDER BY id DESC", (name, cur))]
+        q = "SELECT version FROM audit WHERE name=? AND to_stage='production' AND version<>? ORDER BY id DESC"
+        prev = [r[0] for r in con.execute(q, (name, cur))]
     if not prev: raise RegistryError(f'{name} has no earlier production version than v{cur} to roll back to')
     con = self._db()
     try:
         con.execute('BEGIN IMMEDIATE')
-        self._set_stage(con, name, cur, 'archived', 'rollback', reason); self._set_stage(con, name, prev[0], 'production', 'rollback', reason)
+        self._set_stage(con, name, cur, 'archived', 'rollback', reason)
+        self._set_stage(con, name, prev[0], 'production', 'rollback', reason)
         con.execute('COMMIT')
-    except BaseException: con.execute('ROLLBACK'); raise
+    except BaseException:
+        con.execute('ROLLBACK')
+        raise
     finally: con.close()
     return prev[0]
 
 # %% ../nbs/07_registry.ipynb #9f5233e0
 def rebuild_command(lineage:dict) -> str:
-    "The command reproducing the model of `lineage`: `rebuild_command` (or `mlsys run --to train`) with its `rebuild_params`."
-    params = lineage.get('rebuild_params') or (lineage.get('config') or {}).get('params') or {}
+    "The command that rebuilds the model of `lineage`: its `rebuild_command` (or `mlsys run --to train`) and `-p`s."
     import shlex
-    return ' '.join([lineage.get('rebuild_command') or 'mlsys run --to train', *(f"-p {k} {shlex.quote(v if isinstance(v, str) else json.dumps(v, separators=(',', ':')))}" for k, v in params.items())])
+    params = lineage.get('rebuild_params') or (lineage.get('config') or {}).get('params') or {}
+    text = lambda v: v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))
+    return ' '.join([lineage.get('rebuild_command') or 'mlsys run --to train',
+                     *(f'-p {k} {shlex.quote(text(v))}' for k, v in params.items())])
 
 @patch
 def show(self:Registry, name:str, ref:int|str='production') -> dict:
     "Everything about `name:ref`: stage, metrics, gates, lineage, files, and how to rebuild it."
-    row = self.get(name, ref); d = row['path']
-    lin = self.lineage(name, row['version'])
-    return {'name': name, 'version': row['version'], 'stage': row['stage'], 'created_at': row['created_at'], 'path': str(d),
-            'metrics': row['metrics'], 'gates': json.loads((d/'gates.json').read_text()), 'files': json.loads((d/'checksums.json').read_text()),
-            'rebuild': {'command': rebuild_command(lin), 'git_commit': lin.get('git_commit'), 'git_dirty': lin.get('git_dirty'), 'data_hashes': lin.get('data_hashes'),
-                        'feature_views': lin.get('feature_views'), 'train_config': lin.get('train_config')},
-            'lineage': lin}
+    row = self.get(name, ref)
+    d, lin = row['path'], self.lineage(name, row['version'])
+    rebuild = {'command': rebuild_command(lin), **{k: lin.get(k) for k in
+               ('git_commit', 'git_dirty', 'data_hashes', 'feature_views', 'train_config')}}
+    return {'name': name, 'version': row['version'], 'stage': row['stage'], 'created_at': row['created_at'],
+            'path': str(d), 'metrics': row['metrics'], 'gates': json.loads((d/'gates.json').read_text()),
+            'files': json.loads((d/'checksums.json').read_text()), 'rebuild': rebuild, 'lineage': lin}
 
 # %% ../nbs/07_registry.ipynb #6e9123d1
 _WORLD_KEYS = ('seed', 'scale', 'n_days', 'fraud_rate', 'label_delay_days', 'shift_day', 'drift_day', 'fault',
                'fault_day')
 
 def train_lineage(ws, run_dir:str|Path, # workspace, and the run whose train stage saved the model
-                  rebuild_keys:Iterable[str]) -> dict: # parameters `mlsys run --to train` accepts (`pipeline.stage_parameters`)
+                  rebuild_keys:Iterable[str]) -> dict: # what `mlsys run --to train` takes (`pipeline.stage_parameters`)
     "The lineage of the model that the train stage of run `run_dir` saved, in workspace `ws`."
     from mlsys.config import Workspace, model_lineage
     from mlsys.features import FRAUD_VIEWS   # lazily: the registry itself needs neither Feast nor the lake
@@ -284,11 +340,13 @@ def lineage(self:Registry, name:str, ref:int|str='production') -> dict:
     "The lineage recorded when `name:ref` was registered."
     return json.loads((self.get(name, ref)['path']/'lineage.json').read_text())
 
+# %% ../nbs/07_registry.ipynb #3bbe3f26
 @patch
 def derive(self:Registry, name:str, ref:int|str, new_name:str, spec:dict, metrics:dict|None=None,
            lineage:dict|None=None, features:list[str]|None=None, stage:str|None=None) -> int:
     "Register a version of `new_name` from `name:ref`'s model files, `spec` merged into theirs; returns its number."
-    row = self._verified(name, ref); src = f"{name}:{row['version']}"
+    row = self._verified(name, ref)
+    src = f"{name}:{row['version']}"
     gates = json.loads((row['path']/'gates.json').read_text())
     tmp = self.root/f'.derive-{uuid.uuid4().hex[:8]}'
     try:
@@ -300,3 +358,44 @@ def derive(self:Registry, name:str, ref:int|str, new_name:str, spec:dict, metric
     finally: shutil.rmtree(tmp, ignore_errors=True)
     if stage: self.promote(new_name, v, stage, reason=f'derived from {src}')
     return v
+
+# %% ../nbs/07_registry.ipynb #13a2616c
+_log = get_logger('mlsys.registry')
+
+def register_evaluated(reg:Registry, name:str, model_dir:str|Path, # registry, model name, saved model folder
+                       evaluation:dict, # the evaluate stage's `evaluation.json`: `metrics`, `thresholds`, `gates`
+                       lineage:dict, features:list[str]|None=None, # lineage to record, inputs the model must read
+                       promote:bool=True) -> dict: # promote to production when every gate passed
+    "Register `model_dir` with its `evaluation`, stage it, and promote it when every gate passed and `promote`."
+    gates, run = evaluation['gates'], lineage.get('run_id')
+    metrics = {**evaluation['metrics'], 'thresholds': evaluation['thresholds']}
+    version = reg.register(name, model_dir, metrics, gates, lineage, features=features)
+    reg.promote(name, version, 'staging', reason=f'run {run}')
+    passed = all(g['passed'] for g in gates)
+    unjudged = [g['name'] for g in gates if g.get('detail', '').startswith('insufficient evidence')]
+    if unjudged: _log.warning('%s:%d is not promoted: too few positives for the %s gate(s) to judge',
+                              name, version, ', '.join(unjudged))
+    if promote and passed:
+        reg.promote(name, version, 'production', reason=f'all {len(gates)} gates passed in run {run}')
+    row = reg.get(name, version)
+    _log.info('%s:%d registered, now %s', name, version, row['stage'])
+    return {'model': name, 'version': version, 'stage': row['stage'], 'gates_passed': passed,
+            'insufficient_evidence': unjudged, 'path': row['path'], 'registry': reg.root/'registry.db'}
+
+# %% ../nbs/07_registry.ipynb #95299dbe
+def register_run(ws, run_dir:str|Path, # workspace, and the run whose train and evaluate stages made the model
+                 rebuild_keys:Iterable[str], # what `mlsys run --to train` takes (`pipeline.stage_parameters`)
+                 name:str='fraud', promote:bool=True) -> dict:
+    "`register_evaluated` for the model the train stage of `run_dir` saved, with its evaluation and lineage."
+    from mlsys.config import Workspace
+    from mlsys.features import FRAUD_FEATURES
+    if run_dir is None:
+        raise ValueError('run_dir is required: the run folder whose train and evaluate stages produced the model')
+    ws, run = ws if isinstance(ws, Workspace) else Workspace(ws).ensure(), Path(run_dir)
+    need = [run/'stages'/'train.json', run/'evaluate'/'evaluation.json']
+    if missing := [str(p) for p in need if not p.exists()]:
+        raise FileNotFoundError(f'{missing} missing: run the train and evaluate stages first')
+    train, evaluation = (json.loads(p.read_text()) for p in need)
+    lineage = train_lineage(ws, run, rebuild_keys)
+    return register_evaluated(Registry(ws.models), name, train['artifacts']['model'], evaluation, lineage,
+                              FRAUD_FEATURES, promote)

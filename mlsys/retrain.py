@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_retrain.ipynb #4461c7f5
 from __future__ import annotations
-import copy, logging, math, shutil, time, uuid
+import copy, json, logging, math, shutil, time, uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
@@ -23,7 +23,8 @@ from .config import Workspace, validated
 # %% auto #0
 __all__ = ['signals', 'retrain_config', 'PolicyError', 'Signals', 'Decision', 'Policy', 'NoRetrain', 'Schedule', 'DriftTriggered',
            'PerformanceTriggered', 'Hybrid', 'RetrainError', 'RetrainConfig', 'production_state', 'retrain_recipe',
-           'retrain', 'provisional_performance', 'LabelGate', 'OnlineModel', 'blend']
+           'retrain', 'read_signals', 'retrain_on_signals', 'provisional_performance', 'LabelGate', 'OnlineModel',
+           'blend']
 
 # %% ../nbs/11_retrain.ipynb #1028021b
 class PolicyError(ValueError):
@@ -35,8 +36,10 @@ class Signals(BaseModel):
     day: int = Field(ge=0, description='the day the signals describe')
     data_drift: bool = Field(False, description='the input distribution moved')
     prediction_drift: bool = Field(False, description='the score distribution moved')
-    drift_score: float = Field(0.0, ge=0, allow_inf_nan=False, description='size of the drift, e.g. a PSI or a test statistic')
-    performance: float|None = Field(None, ge=0, le=1, allow_inf_nan=False, description='AUPRC or recall on the labels known so far')
+    drift_score: float = Field(0.0, ge=0, allow_inf_nan=False, description='size of the drift, e.g. a PSI or a test '
+                                                                           'statistic')
+    performance: float|None = Field(None, ge=0, le=1, allow_inf_nan=False, description='AUPRC or recall on the labels '
+                                                                                       'known so far')
     n_labelled_pos: int = Field(0, ge=0, description='labelled positives behind `performance`')
 
 signals = validated(Signals, PolicyError, 'invalid signals')
@@ -63,9 +66,10 @@ def _as_signals(day:int, s) -> Signals:
     return rec
 
 class Policy:
-    "Decides once per day whether to retrain; `last` is the day of the last retrain (the model's training day at first)."
+    "Decides once per day whether to retrain; `last` is the day of the last retrain (at first, the training day)."
     def __init__(self, trained_day:int=0): # the day the model in service was trained
-        _need(isinstance(trained_day, int) and trained_day >= 0, type(self).__name__, 'trained_day', trained_day, 'must be an integer >= 0')
+        _need(isinstance(trained_day, int) and trained_day >= 0, type(self).__name__, 'trained_day', trained_day,
+              'must be an integer >= 0')
         self.last, self.log = trained_day, []
 
     def _check(self, day:int, s:Signals) -> tuple[list[str], list[str]]: return [], []   # (reasons, suppressed)
@@ -74,17 +78,20 @@ class Policy:
     def decide(self, day:int, signals:Signals|Mapping) -> Decision:
         "Whether to retrain at the end of `day`, given that day's `signals`."
         s = _as_signals(day, signals)
-        if self.log and day <= self.log[-1].day: raise PolicyError(f'day={day}: must come after the last day decided, {self.log[-1].day}')
+        if self.log and day <= self.log[-1].day:
+            raise PolicyError(f'day={day}: must come after the last day decided, {self.log[-1].day}')
         reasons, held = self._check(day, s)
         d = Decision(day, bool(reasons), reasons, held)
         if d.retrain: self._fired(day)
-        self.log.append(d); return d
+        self.log.append(d)
+        return d
 
     def fired(self) -> list[int]:
         "The days this policy decided to retrain."
         return [d.day for d in self.log if d.retrain]
 
-    def __repr__(self): return f'{type(self).__name__}(last={self.last}, {len(self.fired())} retrains in {len(self.log)} days)'
+    def __repr__(self):
+        return f'{type(self).__name__}(last={self.last}, {len(self.fired())} retrains in {len(self.log)} days)'
 
 # %% ../nbs/11_retrain.ipynb #614ba2f8
 class NoRetrain(Policy):
@@ -94,12 +101,15 @@ class Schedule(Policy):
     "Retrains when `every_days` have passed since the last retrain."
     def __init__(self, every_days:int=7, # days between retrains
                  trained_day:int=0):
-        _need(isinstance(every_days, int) and every_days >= 1, 'Schedule', 'every_days', every_days, 'must be an integer >= 1')
-        super().__init__(trained_day); self.every_days = every_days
+        _need(isinstance(every_days, int) and every_days >= 1, 'Schedule', 'every_days', every_days,
+              'must be an integer >= 1')
+        super().__init__(trained_day)
+        self.every_days = every_days
 
     def _check(self, day, s):
         since = day - self.last
-        return ([f'schedule: {since} days since the last retrain (every_days={self.every_days})'] if since >= self.every_days else []), []
+        if since < self.every_days: return [], []
+        return [f'schedule: {since} days since the last retrain (every_days={self.every_days})'], []
 
 # %% ../nbs/11_retrain.ipynb #e98aeb2a
 _FLAGS = ('data_drift', 'prediction_drift')
@@ -112,51 +122,74 @@ class DriftTriggered(Policy):
                  trained_day:int=0):
         flags = tuple(flags)
         _need(all(f in _FLAGS for f in flags), 'DriftTriggered', 'flags', flags, f'each flag must be one of {_FLAGS}')
-        _need(min_score is None or (isinstance(min_score, (int, float)) and math.isfinite(min_score) and min_score > 0), 'DriftTriggered', 'min_score', min_score, 'must be None or a finite number > 0')
-        _need(bool(flags) or min_score is not None, 'DriftTriggered', 'flags', flags, 'empty flags need a min_score, or nothing could ever fire')
-        _need(isinstance(patience, int) and patience >= 1, 'DriftTriggered', 'patience', patience, 'must be an integer >= 1')
-        super().__init__(trained_day); self.flags, self.min_score, self.patience, self.streak = flags, min_score, patience, 0
+        finite = isinstance(min_score, (int, float)) and math.isfinite(min_score) and min_score > 0
+        _need(min_score is None or finite, 'DriftTriggered', 'min_score', min_score,
+              'must be None or a finite number > 0')
+        _need(bool(flags) or min_score is not None, 'DriftTriggered', 'flags', flags, 'empty flags need a min_score, '
+                                                                                      'or nothing could ever fire')
+        _need(isinstance(patience, int) and patience >= 1, 'DriftTriggered', 'patience', patience,
+              'must be an integer >= 1')
+        super().__init__(trained_day)
+        self.flags, self.min_score, self.patience, self.streak = flags, min_score, patience, 0
 
     def _check(self, day, s):
         why = [f for f in self.flags if getattr(s, f)]
-        if self.min_score is not None and s.drift_score >= self.min_score: why.append(f'drift_score {s.drift_score:.3g} >= {self.min_score:g}')
+        if self.min_score is not None and s.drift_score >= self.min_score:
+            why.append(f'drift_score {s.drift_score:.3g} >= {self.min_score:g}')
         self.streak = self.streak + 1 if why else 0
-        return ([f"drift: {', '.join(why)} ({self.streak} day(s) in a row, patience={self.patience})"] if self.streak >= self.patience else []), []
+        if self.streak < self.patience: return [], []
+        return [f"drift: {', '.join(why)} ({self.streak} day(s) in a row, patience={self.patience})"], []
 
-    def _fired(self, day): super()._fired(day); self.streak = 0
+    def _fired(self, day):
+        super()._fired(day)
+        self.streak = 0
 
+# %% ../nbs/11_retrain.ipynb #26862920
 class PerformanceTriggered(Policy):
     "Retrains when `performance` falls below `min_perf` with at least `min_labelled` labelled positives behind it."
     def __init__(self, min_perf:float, # e.g. the AUPRC the model must keep
                  min_labelled:int=20, # labelled positives needed before the number is trusted
                  trained_day:int=0):
-        _need(isinstance(min_perf, (int, float)) and 0 < min_perf <= 1, 'PerformanceTriggered', 'min_perf', min_perf, 'must be in (0, 1]')
-        _need(isinstance(min_labelled, int) and min_labelled >= 1, 'PerformanceTriggered', 'min_labelled', min_labelled, 'must be an integer >= 1')
-        super().__init__(trained_day); self.min_perf, self.min_labelled = float(min_perf), min_labelled
+        _need(isinstance(min_perf, (int, float)) and 0 < min_perf <= 1, 'PerformanceTriggered', 'min_perf', min_perf,
+              'must be in (0, 1]')
+        _need(isinstance(min_labelled, int) and min_labelled >= 1, 'PerformanceTriggered', 'min_labelled',
+              min_labelled, 'must be an integer >= 1')
+        super().__init__(trained_day)
+        self.min_perf, self.min_labelled = float(min_perf), min_labelled
 
     def _check(self, day, s):
-        if s.performance is None or s.n_labelled_pos < self.min_labelled or s.performance >= self.min_perf: return [], []
-        return [f'performance {s.performance:.3f} < min_perf {self.min_perf:g} on {s.n_labelled_pos} labelled positives'], []
+        if s.performance is None or s.n_labelled_pos < self.min_labelled or s.performance >= self.min_perf:
+            return [], []
+        why = f'performance {s.performance:.3f} < min_perf {self.min_perf:g} on {s.n_labelled_pos} labelled positives'
+        return [why], []
 
 # %% ../nbs/11_retrain.ipynb #3b13ce90
 class Hybrid(Policy):
-    "Schedule as a baseline, drift as an accelerator, performance as a safety net; the last two wait `cooldown_days` after any retrain."
-    def __init__(self, schedule:Schedule|None=None, drift:DriftTriggered|None=None, performance:PerformanceTriggered|None=None,
+    "Schedule as a baseline, drift as an accelerator, performance as a safety net; the last two wait `cooldown_days`."
+    def __init__(self, schedule:Schedule|None=None, drift:DriftTriggered|None=None,
+                 performance:PerformanceTriggered|None=None,
                  cooldown_days:int=3, # days after a retrain in which drift and performance cannot fire
                  trained_day:int=0):
-        for name, p, cls in (('schedule', schedule, Schedule), ('drift', drift, DriftTriggered), ('performance', performance, PerformanceTriggered)):
+        for name, p, cls in (('schedule', schedule, Schedule), ('drift', drift, DriftTriggered),
+                             ('performance', performance, PerformanceTriggered)):
             _need(p is None or isinstance(p, cls), 'Hybrid', name, p, f'must be a {cls.__name__} or None')
-        _need(any(p is not None for p in (schedule, drift, performance)), 'Hybrid', 'schedule', schedule, 'a hybrid needs at least one of schedule, drift, performance')
-        _need(isinstance(cooldown_days, int) and cooldown_days >= 0, 'Hybrid', 'cooldown_days', cooldown_days, 'must be an integer >= 0')
-        super().__init__(trained_day); self.cooldown_days = cooldown_days
-        self.members = {k: p for k, p in (('schedule', schedule), ('drift', drift), ('performance', performance)) if p is not None}
+        _need(any(p is not None for p in (schedule, drift, performance)), 'Hybrid', 'schedule', schedule,
+              'a hybrid needs at least one of schedule, drift, performance')
+        _need(isinstance(cooldown_days, int) and cooldown_days >= 0, 'Hybrid', 'cooldown_days', cooldown_days,
+              'must be an integer >= 0')
+        super().__init__(trained_day)
+        self.cooldown_days = cooldown_days
+        named = (('schedule', schedule), ('drift', drift), ('performance', performance))
+        self.members = {k: p for k, p in named if p is not None}
         for p in self.members.values(): p.last = trained_day
 
     def _check(self, day, s):
         base = self.members['schedule']._check(day, s)[0] if 'schedule' in self.members else []
-        urgent = [r for k in ('drift', 'performance') if k in self.members for r in self.members[k]._check(day, s)[0]]   # every member sees every day
+        # every member sees every day
+        urgent = [r for k in ('drift', 'performance') if k in self.members for r in self.members[k]._check(day, s)[0]]
         if urgent and day - self.last < self.cooldown_days:
-            return base, [f'{r} [cooldown: {day - self.last} of {self.cooldown_days} days since the retrain on day {self.last}]' for r in urgent]
+            return base, [f'{r} [cooldown: {day - self.last} of {self.cooldown_days} days since the retrain on day '
+                          f'{self.last}]' for r in urgent]
         return base + urgent, []
 
     def _fired(self, day):
@@ -170,24 +203,33 @@ class RetrainError(ValueError):
 class RetrainConfig(BaseModel):
     "How a retrain builds its training set, trains, judges the candidate and runs its canary."
     model_config = ConfigDict(extra='forbid', frozen=True)
-    train_days: float = Field(21, gt=0, description='days of transactions before `as_of` in the training set (validation and test windows included)')
+    train_days: float = Field(21, gt=0, description='days of transactions before `as_of` in the training set '
+                                                    '(validation and test windows included)')
     val_days: float = Field(2, gt=0, description='validation window: thresholds are chosen on it')
-    test_days: float = Field(2, gt=0, description='the newest labelled days: candidate and production are judged on them')
-    split: Literal['time', 'users'] = Field('time', description="'time': validation and test are the newest days; 'users': a fixed panel of users, every day trained on (see below)")
+    test_days: float = Field(2, gt=0, description='the newest labelled days: candidate and production are judged on '
+                                                  'them')
+    split: Literal['time', 'users'] = Field('time', description="'time': validation and test are the newest days; "
+                                                                "'users': a fixed panel of users, every day trained "
+                                                                "on (see below)")
     epochs: int = Field(3, ge=1, le=100)
     batch_size: int|None = Field(None, ge=1, description="overrides the recipe's batch size (None: the recipe's)")
     params: dict|None = Field(None, description="the recipe (`RECIPE` keys); None: production's, from its lineage")
     seed: int = Field(0, ge=0)
-    min_auprc: float = Field(0.5, ge=0, le=1, description='quality gate: the lowest AUPRC a candidate may have on the test window')
+    min_auprc: float = Field(0.5, ge=0, le=1, description='quality gate: the lowest AUPRC a candidate may have on the '
+                                                          'test window')
     tolerance: float = Field(0.05, ge=0, le=1, description='regression gate: AUPRC loss the test window must rule out')
-    max_gap: float = Field(0.2, ge=0, le=1, description='slice gate: largest AUROC gap of a supported slice below the overall')
+    max_gap: float = Field(0.2, ge=0, le=1, description='slice gate: largest AUROC gap of a supported slice below the '
+                                                        'overall')
     slice_min_pos: int = Field(5, ge=1, description='positives a slice needs before the slice gate judges it')
-    budget_ms_p99: float|None = Field(None, gt=0, description='latency gate: p99 ms to score one row (None: not checked, see the text)')
+    budget_ms_p99: float|None = Field(None, gt=0, description='latency gate: p99 ms to score one row (None: not '
+                                                              'checked, see the text)')
     latency_n: int = Field(50, ge=1, description='single-row calls the latency gate times')
     canary_days: float = Field(1, gt=0, description='days of the newest traffic replayed through the canary')
     canary_share: float = Field(0.2, gt=0, le=1, description='share of users on the candidate in the canary')
-    max_block_ratio: float = Field(2.0, gt=1, description="canary: the most the candidate may block, as a multiple of production's block rate")
-    max_psi: float|None = Field(None, gt=0, description="canary: roll back above this PSI of the candidate's scores against production's (None: not checked)")
+    max_block_ratio: float = Field(2.0, gt=1, description="canary: the most the candidate may block, as a multiple of "
+                                                          "production's block rate")
+    max_psi: float|None = Field(None, gt=0, description="canary: roll back above this PSI of the candidate's scores "
+                                                        "against production's (None: not checked)")
 
 retrain_config = validated(RetrainConfig, RetrainError, 'invalid retrain config')
 
@@ -197,22 +239,26 @@ def _ts(x) -> pd.Timestamp:
     return t.tz_localize('UTC') if t.tzinfo is None else t.tz_convert('UTC')
 
 def _training_frame(features:pd.DataFrame, labels:pd.DataFrame, as_of:pd.Timestamp, days:float) -> pd.DataFrame:
-    "Transactions of the `days` before `as_of` with their point-in-time features, and the labels that had arrived by `as_of`."
+    "Transactions of the `days` before `as_of` with point-in-time features and the labels that arrived by `as_of`."
     from mlsys.train import labelled_set
     f = features.drop(columns=[c for c in ('is_fraud', 'pattern') if c in features])
     f = f[(f.event_timestamp < as_of) & (f.event_timestamp >= as_of - pd.Timedelta(days=days))]
     return labelled_set(f, labels, as_of)
 
 def _inputs(ws:Workspace, as_of:pd.Timestamp, cfg:RetrainConfig, features, labels, users):
-    "Point-in-time features, labels and users: the frames given, else read from the workspace (features from `features/current`)."
+    "Point-in-time features, labels and users: the frames given, else read from the workspace (`features/current`)."
     from mlsys.world import read_table
     if features is None:
         from mlsys.features import open_store
         from mlsys.pit import fast_training_set, fraud_entities
-        if not (ws.features/'current').exists(): raise RetrainError(f'features=None and no feature store at {ws.features/"current"}: run the features stage or pass features')
-        tx = read_table(ws.lake, 'transactions'); tx = tx[(tx.ts < as_of) & (tx.ts >= as_of - pd.Timedelta(days=cfg.train_days))]
+        if not (ws.features/'current').exists():
+            raise RetrainError(f'features=None and no feature store at {ws.features/"current"}: run the features '
+                               f'stage or pass features')
+        tx = read_table(ws.lake, 'transactions')
+        tx = tx[(tx.ts < as_of) & (tx.ts >= as_of - pd.Timedelta(days=cfg.train_days))]
         features = fast_training_set(open_store(ws.features/'current'), fraud_entities(tx))
-    return features, read_table(ws.lake, 'labels') if labels is None else labels, read_table(ws.lake, 'users') if users is None else users
+    labels = read_table(ws.lake, 'labels') if labels is None else labels
+    return features, labels, read_table(ws.lake, 'users') if users is None else users
 
 # %% ../nbs/11_retrain.ipynb #ed5b332c
 def _train(frame:pd.DataFrame, cfg:RetrainConfig, params:Mapping|None=None):
@@ -228,25 +274,39 @@ def _train(frame:pd.DataFrame, cfg:RetrainConfig, params:Mapping|None=None):
 def _gate_dict(g) -> dict:
     "A `GateResult` as plain JSON types."
     f = lambda x: None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
-    return {'name': g.name, 'passed': bool(g.passed), 'value': f(g.value), 'threshold': f(g.threshold), 'detail': g.detail}
+    return {'name': g.name, 'passed': bool(g.passed), 'value': f(g.value), 'threshold': f(g.threshold),
+            'detail': g.detail}
 
 # %% ../nbs/11_retrain.ipynb #0f5ad4c6
 def _canary(reg, name:str, version:int, prod_version:int|None, traffic:pd.DataFrame, cfg:RetrainConfig):
-    "Replay `traffic` through a canary of `name:version` against production; a `GateResult` and the candidate's served scores."
+    "Replay `traffic` through a canary of `name:version` against production: a `GateResult` and the candidate's scores."
     from mlsys.deploy import Guard, Router, replay, route_config
     from mlsys.evaluate import GateResult, score
     model, pre, row = reg.load(name, version)
-    traffic = traffic.reset_index(drop=True); ch = score(model, pre, traffic)
-    if prod_version is None: return GateResult('canary', True, None, cfg.max_block_ratio, 'no production model to compare with'), ch
-    pm, ppre, prow = reg.load(name, prod_version); pr = score(pm, ppre, traffic)
-    rc = route_config(model=name, mode='canary', champion=str(prod_version), challenger=str(version), share=cfg.canary_share,
-                      max_psi=cfg.max_psi if cfg.max_psi is not None else math.inf)
-    router = Router(rc); log = replay(router, Guard(rc), traffic, {'champion': lambda r: pr[r.index.to_numpy()], 'challenger': lambda r: ch[r.index.to_numpy()]})
-    if log.rollback.any(): return GateResult('canary', False, None, cfg.max_block_ratio, f"guard rolled back after {int(log.request[log.rollback].max()) + 1} requests: {router.events[-1]['reason']}"), ch
-    n = len(traffic); cb, pb = (ch >= row['metrics']['thresholds']['block']).mean(), (pr >= prow['metrics']['thresholds']['block']).mean()
-    ratio = float((cb + 1 / n) / (pb + 1 / n))   # one pseudo-block each: no division by zero on a quiet day
-    detail = f"blocks {cb:.2%} of {n:,} requests vs production {pb:.2%}; {int((log.arm == 'challenger').sum()):,} served by the candidate, guard quiet"
-    return GateResult('canary', ratio <= cfg.max_block_ratio, ratio, cfg.max_block_ratio, detail), ch
+    traffic = traffic.reset_index(drop=True)
+    cand_scores = score(model, pre, traffic)
+    if prod_version is None:
+        return GateResult('canary', True, None, cfg.max_block_ratio, 'no production model to compare with'), cand_scores
+    prod_model, prod_pre, prod_row = reg.load(name, prod_version)
+    prod_scores = score(prod_model, prod_pre, traffic)
+    rc = route_config(model=name, mode='canary', champion=str(prod_version), challenger=str(version),
+                      share=cfg.canary_share, max_psi=cfg.max_psi if cfg.max_psi is not None else math.inf)
+    router = Router(rc)
+    arms = {'champion': lambda r: prod_scores[r.index.to_numpy()],
+            'challenger': lambda r: cand_scores[r.index.to_numpy()]}
+    log = replay(router, Guard(rc), traffic, arms)
+    if log.rollback.any():
+        after = int(log.request[log.rollback].max()) + 1
+        why = f"guard rolled back after {after} requests: {router.events[-1]['reason']}"
+        return GateResult('canary', False, None, cfg.max_block_ratio, why), cand_scores
+    n = len(traffic)
+    cand_blocks = (cand_scores >= row['metrics']['thresholds']['block']).mean()
+    prod_blocks = (prod_scores >= prod_row['metrics']['thresholds']['block']).mean()
+    ratio = float((cand_blocks + 1 / n) / (prod_blocks + 1 / n))   # one pseudo-block each: never 0 / 0
+    served = int((log.arm == 'challenger').sum())
+    detail = (f'blocks {cand_blocks:.2%} of {n:,} requests vs production {prod_blocks:.2%}; '
+              f'{served:,} served by the candidate, guard quiet')
+    return GateResult('canary', ratio <= cfg.max_block_ratio, ratio, cfg.max_block_ratio, detail), cand_scores
 
 # %% ../nbs/11_retrain.ipynb #074ec137
 def production_state(reg, name:str) -> dict|None:
@@ -284,18 +344,13 @@ def _archive_if_staged(reg, name:str, version:int, reason:str):
         if reg.get(name, version)['stage'] in ('none', 'staging'): reg.promote(name, version, 'archived', reason=reason)
     except Exception: pass   # the crash being reported matters more than this clean-up
 
-def _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, crash_at):
-    "The steps of `retrain`, filling `rec` as they go."
-    from mlsys.config import model_lineage
-    from mlsys.evaluate import (add_slices, classification_metrics, gate_latency, gate_min_quality, gate_no_regression,
+def _judge(reg, name:str, cfg:RetrainConfig, before:dict|None, test:pd.DataFrame,
+           model, pre) -> tuple[list, dict, dict|None]:
+    "The offline gates of a candidate on the `test` window, against production if there is one; gates and both metrics."
+    from mlsys.evaluate import (classification_metrics, gate_latency, gate_min_quality, gate_no_regression,
                                 gate_no_regression_paired, gate_slice_gap, score, slice_report)
-    from mlsys.train import save_model
-    features, labels, users = _inputs(ws, as_of, cfg, features, labels, users)
-    params, source = retrain_recipe(reg, name, cfg, rec['production_before'])
-    rec['recipe'] = {'params': params, 'source': source}
-    _maybe_crash('train', crash_at)
-    model, pre, dm, th = _train(_training_frame(features, labels, as_of, cfg.train_days), cfg, params)
-    test = add_slices(dm.test_df, users); p = score(model, pre, test); cand = classification_metrics(test.is_fraud, p)
+    p = score(model, pre, test)
+    cand = classification_metrics(test.is_fraud, p)
     p_prod = None if before is None else score(*reg.load(name, before['version'])[:2], test)
     prod = None if p_prod is None else classification_metrics(test.is_fraud, p_prod)
     regression = gate_no_regression(cand['auprc'], None) if p_prod is None else \
@@ -303,36 +358,62 @@ def _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, c
     gates = [gate_min_quality(cand, cfg.min_auprc), regression,
              gate_slice_gap(slice_report(test.assign(score=p), min_pos=cfg.slice_min_pos), cfg.max_gap)]
     if cfg.budget_ms_p99 is not None: gates.append(gate_latency(model, pre, test, cfg.budget_ms_p99, cfg.latency_n))
-    window = [str(test.event_timestamp.min()), str(test.event_timestamp.max())]
-    rec['metrics'] = {'candidate': cand, 'production': prod, 'train_rows': len(dm.train_df), 'train_positives': int(dm.train_df.is_fraud.sum()), 'test_window': window}
-    rec['gates'] = [_gate_dict(g) for g in gates]
+    return [_gate_dict(g) for g in gates], cand, prod
+
+def _ship(reg, name:str, version:int, as_of:pd.Timestamp, cfg:RetrainConfig, rec:dict, features:pd.DataFrame,
+          crash_at:str|None):
+    "Stage `version`, canary it on the newest traffic, then promote it, or archive it with the reason."
+    reg.promote(name, version, 'staging', reason=f'canary of the retrain as of {as_of}')
+    _maybe_crash('canary', crash_at)
+    ts = features.event_timestamp
+    recent = features[(ts < as_of) & (ts >= as_of - pd.Timedelta(days=cfg.canary_days))]
+    recent = recent.sort_values('event_timestamp', kind='stable')
+    gate, _ = _canary(reg, name, version, rec['production_before'], recent, cfg)
+    rec['gates'].append(_gate_dict(gate))
+    if not gate.passed:
+        rec['reason'] = f'canary failed: {gate.detail}'
+        reg.promote(name, version, 'archived', reason=rec['reason'])
+        return
+    _maybe_crash('promote', crash_at)
+    trigger, before = rec['trigger'] or 'no trigger given', rec['production_before']
+    reg.promote(name, version, 'production', reason=f'retrain as of {as_of} passed every gate ({trigger})')
+    rec['promoted'] = True
+    rec['reason'] = 'all gates passed' + (f'; replaces v{before}' if before else '; first production version')
+
+# %% ../nbs/11_retrain.ipynb #bdd174ce
+def _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, crash_at):
+    "The steps of `retrain`, filling `rec` as they go."
+    from mlsys.config import model_lineage
+    from mlsys.evaluate import add_slices
+    from mlsys.train import save_model
+    features, labels, users = _inputs(ws, as_of, cfg, features, labels, users)
+    params, source = retrain_recipe(reg, name, cfg, rec['production_before'])
+    rec['recipe'] = {'params': params, 'source': source}
+    _maybe_crash('train', crash_at)
+    model, pre, dm, th = _train(_training_frame(features, labels, as_of, cfg.train_days), cfg, params)
+    test = add_slices(dm.test_df, users)
+    rec['gates'], cand, prod = _judge(reg, name, cfg, before, test, model, pre)
+    span = lambda d: [str(d.event_timestamp.min()), str(d.event_timestamp.max())]
+    rec['metrics'] = {'candidate': cand, 'production': prod, 'train_rows': len(dm.train_df),
+                      'train_positives': int(dm.train_df.is_fraud.sum()), 'test_window': span(test)}
     _maybe_crash('register', crash_at)
-    save_model(tmp, model, pre, as_of=str(as_of), split=cfg.split, train_window=[str(dm.train_df.event_timestamp.min()), str(dm.train_df.event_timestamp.max())], test_window=window)
+    save_model(tmp, model, pre, as_of=str(as_of), split=cfg.split, train_window=span(dm.train_df),
+               test_window=span(test))
     lineage = model_lineage(None, params, source, 'mlsys job retrain', _rebuild_params(name, as_of, cfg, params),
                             run_id=f'retrain-{as_of:%Y%m%dT%H%M%S}', as_of=str(as_of), trigger=rec['trigger'],
                             train_config=cfg.model_dump(), production_before=rec['production_before'])
     v = rec['version'] = reg.register(name, tmp, {**cand, 'thresholds': th, 'as_of': str(as_of)}, rec['gates'], lineage)
     failed = [g for g in rec['gates'] if not g['passed']]
-    if failed:
-        rec['reason'] = 'gates failed: ' + '; '.join(f"{g['name']} (value {g['value']}, threshold {g['threshold']}: {g['detail']})" for g in failed)
-        reg.promote(name, v, 'archived', reason=rec['reason']); return
-    reg.promote(name, v, 'staging', reason=f'canary of the retrain as of {as_of}')
-    _maybe_crash('canary', crash_at)
-    traffic = features[(features.event_timestamp < as_of) & (features.event_timestamp >= as_of - pd.Timedelta(days=cfg.canary_days))]
-    gate, _ = _canary(reg, name, v, rec['production_before'], traffic.sort_values('event_timestamp', kind='stable'), cfg)
-    rec['gates'].append(_gate_dict(gate))
-    if not gate.passed:
-        rec['reason'] = f'canary failed: {gate.detail}'; reg.promote(name, v, 'archived', reason=rec['reason']); return
-    _maybe_crash('promote', crash_at)
-    reg.promote(name, v, 'production', reason=f"retrain as of {as_of} passed every gate ({rec['trigger'] or 'no trigger given'})")
-    rec['promoted'] = True
-    rec['reason'] = 'all gates passed' + (f"; replaces v{rec['production_before']}" if rec['production_before'] else '; first production version')
+    if not failed: return _ship(reg, name, v, as_of, cfg, rec, features, crash_at)
+    why = (f"{g['name']} (value {g['value']}, threshold {g['threshold']}: {g['detail']})" for g in failed)
+    rec['reason'] = 'gates failed: ' + '; '.join(why)
+    reg.promote(name, v, 'archived', reason=rec['reason'])
 
 # %% ../nbs/11_retrain.ipynb #d0b11bce
 def retrain(ws:Workspace|str|Path, # workspace: lake, feature store, registry
             name:str='fraud', # registered model name
             as_of=None, # the moment of the retrain: nothing known after it is used
-            features:pd.DataFrame|None=None, # point-in-time features of the transactions (default: computed from the feature store)
+            features:pd.DataFrame|None=None, # point-in-time features (default: computed from the feature store)
             labels:pd.DataFrame|None=None, users:pd.DataFrame|None=None, # default: read from the lake
             config:RetrainConfig|None=None,
             reason:str='', # why it runs (the trigger's reasons), kept in the lineage and the record
@@ -345,14 +426,18 @@ def retrain(ws:Workspace|str|Path, # workspace: lake, feature store, registry
     _need(_crash_at in (None, 'train', 'register', 'canary', 'promote'), None, '_crash_at', _crash_at,
           "must be None, 'train', 'register', 'canary' or 'promote'", RetrainError)
     from mlsys.registry import Registry
-    ws, cfg, as_of, t0 = ws if isinstance(ws, Workspace) else Workspace(ws), config or RetrainConfig(), _ts(as_of), time.perf_counter()
-    reg = Registry(ws.models); before = production_state(reg, name)
-    rec = {'as_of': str(as_of), 'name': name, 'version': None, 'metrics': {}, 'gates': [], 'promoted': False, 'reason': '', 'trigger': reason,
+    ws, cfg, t0 = ws if isinstance(ws, Workspace) else Workspace(ws), config or RetrainConfig(), time.perf_counter()
+    as_of = _ts(as_of)
+    reg = Registry(ws.models)
+    before = production_state(reg, name)
+    rec = {'as_of': str(as_of), 'name': name, 'version': None, 'metrics': {}, 'gates': [], 'promoted': False,
+           'reason': '', 'trigger': reason,
            'production_before': before and before['version'], 'production_after': None, 'seconds': None}
     tmp = ws.root/'tmp'/f'retrain-{uuid.uuid4().hex[:8]}'
     try: _run(ws, reg, name, as_of, cfg, before, rec, tmp, features, labels, users, _crash_at)
     except Exception as e:
-        if rec['version'] is not None: _archive_if_staged(reg, name, rec['version'], f'retrain crashed: {type(e).__name__}: {e}')
+        if rec['version'] is not None:
+            _archive_if_staged(reg, name, rec['version'], f'retrain crashed: {type(e).__name__}: {e}')
         rec['reason'] = f'crashed: {type(e).__name__}: {e}'
         if on_error == 'raise': raise
     finally: shutil.rmtree(tmp, ignore_errors=True)
@@ -360,43 +445,87 @@ def retrain(ws:Workspace|str|Path, # workspace: lake, feature store, registry
     rec['production_after'], rec['seconds'] = after and after['version'], round(time.perf_counter() - t0, 2)
     return rec
 
+# %% ../nbs/11_retrain.ipynb #70d470d2
+_SIGNAL_KEYS = ('data_drift', 'prediction_drift', 'drift_score', 'performance', 'n_labelled_pos')
+_JOB_KEYS = ('version', 'promoted', 'reason', 'production_before', 'production_after', 'seconds')
+
+def read_signals(ws:Workspace, day:str|None=None) -> dict: # the signals the monitor job wrote
+    "The monitor job's signals of `day` (`YYYY-MM-DD`, default the newest) from `monitoring/signals/<day>.json`."
+    found = sorted((ws.monitoring/'signals').glob('*.json'))
+    if not found: raise FileNotFoundError(f'no monitor signals in {ws.monitoring/"signals"}: run the monitor job first')
+    path = ws.monitoring/'signals'/f'{day}.json' if day else found[-1]
+    if not path.exists():
+        raise FileNotFoundError(f'day={day!r}: no signals at {path}; the monitor job wrote {[p.stem for p in found]}')
+    return json.loads(path.read_text())
+
+def retrain_on_signals(ws:Workspace|str|Path, # a workspace with a production model and the monitor job's signals
+                       name:str='fraud', day:str|None=None, # the model, and the signals' day (default the newest)
+                       schedule_days:int=7, cooldown_days:int=3, # the hybrid policy's schedule and cooldown
+                       min_perf:float|None=None, # performance floor (default: the reference recall - 0.15)
+                       force:bool=False, # retrain whatever the policy says
+                       as_of=None, # the retrain's moment (default: the lake's `as_of`)
+                       config:RetrainConfig|None=None) -> dict: # the day, the decision, and the retrain's outcome
+    "The retrain job: the hybrid policy on the monitor's signals of `day`; a gated `retrain` when it fires or `force`."
+    from mlsys.config import get_logger
+    from mlsys.registry import Registry
+    from mlsys.world import read_manifest
+    ws, log = ws if isinstance(ws, Workspace) else Workspace(ws), get_logger('mlsys.retrain')
+    sig, row = read_signals(ws, day), Registry(ws.models).get(name, 'production')
+    trained = pd.Timestamp(json.loads((row['path']/'model.json').read_text())['train_window'][1]).normalize()
+    day_n = max((pd.Timestamp(sig['day'], tz='UTC') - trained).days, 0)   # days since the production model's data ends
+    floor = min_perf or max(sig['reference_recall'] - 0.15, 0.05)
+    policy = Hybrid(Schedule(schedule_days), DriftTriggered(), PerformanceTriggered(floor), cooldown_days)
+    d = policy.decide(day_n, {k: sig[k] for k in _SIGNAL_KEYS})
+    log.info('day %s (%d days after training): %s', sig['day'], day_n, d.reasons or 'no trigger fired')
+    out = {'day': sig['day'], 'retrain': bool(d.retrain or force), 'reasons': d.reasons, 'suppressed': d.suppressed}
+    if not out['retrain']: return out
+    moment = as_of or read_manifest(ws.lake)['as_of']   # by default everything the lake knows
+    rec = retrain(ws, name, moment, config=config, reason='; '.join(d.reasons) or 'forced by the operator')
+    log.info('retrain: %s (production v%s -> v%s)', rec['reason'], rec['production_before'], rec['production_after'])
+    return {**out, **{k: rec[k] for k in _JOB_KEYS}}
+
 # %% ../nbs/11_retrain.ipynb #28f13ec0
-def provisional_performance(scored:pd.DataFrame, # transactions with `transaction_id`, `event_timestamp` and the model's `score`
+def provisional_performance(scored:pd.DataFrame, # `transaction_id`, `event_timestamp` and the model's `score`
                             labels:pd.DataFrame, # `transaction_id`, `is_fraud`, `available_at`
                             as_of, since, # the window is [since, as_of); labels count when they arrived by `as_of`
                             threshold:float|None=None, # None: AUPRC; a number: recall at `score >= threshold`
                            ) -> dict: # performance (None without both classes), n_labelled, n_labelled_pos, coverage
-    "The model's AUPRC (or recall) on the window's transactions whose labels have arrived by `as_of`, and the share labelled."
+    "The model's AUPRC (or recall) on the window's transactions labelled by `as_of`, and the share labelled."
     as_of, since = _ts(as_of), _ts(since)
     w = scored[(scored.event_timestamp >= since) & (scored.event_timestamp < as_of)]
     lab = w.merge(labels.loc[labels.available_at <= as_of, ['transaction_id', 'is_fraud']], on='transaction_id')
     y, pos = lab.is_fraud.to_numpy(bool), int(lab.is_fraud.sum())
     if threshold is None: perf = float(average_precision_score(y, lab.score)) if 0 < pos < len(lab) else None
     else: perf = float((lab.score.to_numpy()[y] >= threshold).mean()) if pos else None
-    return {'performance': perf, 'n_labelled': len(lab), 'n_labelled_pos': pos, 'coverage': len(lab) / len(w) if len(w) else 0.0}
+    return {'performance': perf, 'n_labelled': len(lab), 'n_labelled_pos': pos,
+            'coverage': len(lab) / len(w) if len(w) else 0.0}
 
 # %% ../nbs/11_retrain.ipynb #36366f77
 class LabelGate(BaseModel):
     "Holds a day of labels whose positive rate is `max_ratio` times off the reference and significantly so (`min_z`)."
     model_config = ConfigDict(extra='forbid', frozen=True)
-    max_ratio: float = Field(3.0, gt=1, description='largest accepted ratio of the day rate to the reference (or its inverse)')
+    max_ratio: float = Field(3.0, gt=1, description='largest accepted ratio of the day rate to the reference (or its '
+                                                    'inverse)')
     min_z: float = Field(4.0, ge=0, description='a deviation must also be this many binomial standard errors to count')
 
     def check(self, y, # the day's labels, 0/1
               reference:float, # the usual positive rate
              ) -> str|None: # None: accept; else the reason to hold the day
         "The reason to hold labels `y`, or None to accept them."
-        y = np.asarray(y, dtype=float); n = len(y)
+        y = np.asarray(y, dtype=float)
+        n = len(y)
         if n == 0 or not 0 < reference < 1: return None
-        rate = y.mean(); z = (rate - reference) / math.sqrt(reference * (1 - reference) / n)
+        rate = y.mean()
+        z = (rate - reference) / math.sqrt(reference * (1 - reference) / n)
         ratio = rate / reference
         if (ratio > self.max_ratio or ratio < 1 / self.max_ratio) and abs(z) >= self.min_z:
-            return f'positive rate {rate:.2%} of {n:,} labels is {ratio:.2f}x the reference {reference:.2%} (z = {z:.1f}); max_ratio={self.max_ratio:g}'
+            return (f'positive rate {rate:.2%} of {n:,} labels is {ratio:.2f}x the reference {reference:.2%} '
+                    f'(z = {z:.1f}); max_ratio={self.max_ratio:g}')
         return None
 
 # %% ../nbs/11_retrain.ipynb #76b634d7
 class OnlineModel:
-    "Logistic regression updated daily with `partial_fit`, behind a `LabelGate` and a held-out check that rolls a bad update back."
+    "Logistic regression updated daily with `partial_fit`, behind a `LabelGate` and a held-out check."
     def __init__(self, pre, # the batch model's fitted `Preprocessor`
                  lr:float=0.002, alpha:float=1e-4, # SGD learning rate (constant) and L2 penalty
                  pos_weight:float=20.0, # weight of a fraud relative to a legitimate transaction
@@ -404,10 +533,14 @@ class OnlineModel:
                  max_drop:float|None=0.05, # roll back when held-out AUPRC falls more than this (None: never)
                  holdout_share:float=0.2, holdout_days:int=7, history_days:int=14, seed:int=0):
         from sklearn.linear_model import SGDClassifier
-        for k, v, ok, rule in (('lr', lr, lr > 0, '> 0'), ('pos_weight', pos_weight, pos_weight > 0, '> 0'), ('holdout_share', holdout_share, 0 < holdout_share < 1, 'in (0, 1)'),
-                               ('max_drop', max_drop, max_drop is None or max_drop >= 0, 'None or >= 0'), ('holdout_days', holdout_days, holdout_days >= 1, '>= 1'), ('history_days', history_days, history_days >= 1, '>= 1')):
+        for k, v, ok, rule in (('lr', lr, lr > 0, '> 0'), ('pos_weight', pos_weight, pos_weight > 0, '> 0'),
+                               ('holdout_share', holdout_share, 0 < holdout_share < 1, 'in (0, 1)'),
+                               ('max_drop', max_drop, max_drop is None or max_drop >= 0, 'None or >= 0'),
+                               ('holdout_days', holdout_days, holdout_days >= 1, '>= 1'),
+                               ('history_days', history_days, history_days >= 1, '>= 1')):
             _need(ok, 'OnlineModel', k, v, f'must be {rule}')
-        self.pre, self.pos_weight, self.gate, self.max_drop, self.holdout_share = pre, pos_weight, gate, max_drop, holdout_share
+        self.pre, self.pos_weight, self.gate = pre, pos_weight, gate
+        self.max_drop, self.holdout_share = max_drop, holdout_share
         self.clf = SGDClassifier(loss='log_loss', learning_rate='constant', eta0=lr, alpha=alpha, random_state=seed)
         self.rng, self.version, self.snapshots, self.log, self.quarantine = np.random.default_rng(seed), 0, {}, [], []
         self._holdout, self._rates = deque(maxlen=holdout_days), deque(maxlen=history_days)
@@ -428,12 +561,17 @@ def _learn(self:OnlineModel, X:np.ndarray, y:np.ndarray, epochs:int=1):
     for _ in range(epochs): self.clf.partial_fit(X, y, classes=[0, 1], sample_weight=w)
 
 @patch
-def fit(self:OnlineModel, frame:pd.DataFrame, # labelled rows (features + `is_fraud`), e.g. the batch model's training set
+def fit(self:OnlineModel,
+        frame:pd.DataFrame, # labelled rows (features + `is_fraud`), e.g. the batch model's training set
         epochs:int=5) -> OnlineModel:
     "Warm start on `frame`, a `holdout_share` of it held out; the result is version 0."
-    X, y = self.features(frame), frame.is_fraud.to_numpy().astype(int); hold = self.rng.random(len(y)) < self.holdout_share
-    self._learn(X[~hold], y[~hold], epochs); self._holdout.append((X[hold], y[hold])); self._rates.append(float(y.mean()))
-    self.snapshots[0] = copy.deepcopy(self.clf); return self
+    X, y = self.features(frame), frame.is_fraud.to_numpy().astype(int)
+    hold = self.rng.random(len(y)) < self.holdout_share
+    self._learn(X[~hold], y[~hold], epochs)
+    self._holdout.append((X[hold], y[hold]))
+    self._rates.append(float(y.mean()))
+    self.snapshots[0] = copy.deepcopy(self.clf)
+    return self
 
 @patch
 def holdout_auprc(self:OnlineModel) -> float|None:
@@ -441,9 +579,10 @@ def holdout_auprc(self:OnlineModel) -> float|None:
     X, y = np.vstack([x for x, _ in self._holdout]), np.concatenate([y for _, y in self._holdout])
     return float(average_precision_score(y, self.clf.predict_proba(X)[:, 1])) if 0 < y.sum() < len(y) else None
 
+# %% ../nbs/11_retrain.ipynb #b9a8aa6a
 @patch
 def update(self:OnlineModel, day:int, frame:pd.DataFrame) -> dict:
-    "Learn from the labels that arrived on `day` (`frame`: features + `is_fraud`), unless the gate holds them or the held-out check rolls the update back."
+    "Learn from `day`'s labels (`frame`: features + `is_fraud`) unless the gate holds them or the held-out check fails."
     y = frame.is_fraud.to_numpy().astype(int)
     rec = {'day': day, 'rows': len(y), 'positives': int(y.sum()), 'accepted': False, 'rolled_back': False, 'reason': '',
            'holdout_before': None, 'holdout_after': None, 'version': self.version}
@@ -452,17 +591,28 @@ def update(self:OnlineModel, day:int, frame:pd.DataFrame) -> dict:
     if not len(y) or held:
         rec['reason'] = 'no labels arrived' if not len(y) else f'label gate: {held}'
         if held: self.quarantine.append((day, rec['reason']))
-        self.log.append(rec); return rec
-    X = self.features(frame); hold = self.rng.random(len(y)) < self.holdout_share
-    before = self.holdout_auprc(); self._learn(X[~hold], y[~hold]); after = self.holdout_auprc()
+        self.log.append(rec)
+        return rec
+    X = self.features(frame)
+    hold = self.rng.random(len(y)) < self.holdout_share
+    before = self.holdout_auprc()
+    self._learn(X[~hold], y[~hold])
+    after = self.holdout_auprc()
     rec.update(holdout_before=before, holdout_after=after)
     if self.max_drop is not None and before is not None and after is not None and after < before - self.max_drop:
         self.clf = copy.deepcopy(self.snapshots[self.version])
-        rec.update(rolled_back=True, reason=f'held-out AUPRC {after:.3f} < {before:.3f} - max_drop {self.max_drop:g}: rolled back to v{self.version}')
-        self.quarantine.append((day, rec['reason'])); self.log.append(rec); return rec
-    self.version += 1; self.snapshots[self.version] = copy.deepcopy(self.clf)
-    self._holdout.append((X[hold], y[hold])); self._rates.append(float(y.mean()))
-    rec.update(accepted=True, version=self.version, reason='learned'); self.log.append(rec); return rec
+        rec.update(rolled_back=True, reason=f'held-out AUPRC {after:.3f} < {before:.3f} - max_drop {self.max_drop:g}: '
+                                            f'rolled back to v{self.version}')
+        self.quarantine.append((day, rec['reason']))
+        self.log.append(rec)
+        return rec
+    self.version += 1
+    self.snapshots[self.version] = copy.deepcopy(self.clf)
+    self._holdout.append((X[hold], y[hold]))
+    self._rates.append(float(y.mean()))
+    rec.update(accepted=True, version=self.version, reason='learned')
+    self.log.append(rec)
+    return rec
 
 def blend(batch, online, # probabilities of the batch and the online model for the same rows
           weight:float=0.5, # the online model's share

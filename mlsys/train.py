@@ -4,8 +4,8 @@
 
 # %% ../nbs/04_train.ipynb #f2194508
 from __future__ import annotations
-import json, logging, shutil, time, zlib
-from collections.abc import Collection, Mapping
+import itertools, json, logging, shutil, time, zlib
+from collections.abc import Callable, Collection, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +23,10 @@ from .config import Workspace, atomic_write, frame_hash, get_logger, stable_hash
 # %% auto #0
 __all__ = ['HOLDOUT_SHARES', 'CATEGORICAL', 'EVAL_BATCH', 'RECIPE', 'BEST_PARAMS', 'TrainingDataError', 'labelled_set',
            'time_split', 'holdout_panel', 'user_split', 'Preprocessor', 'EpochShuffle', 'EpochBatches',
-           'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'wandb_logger', 'log_checkpoint',
-           'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'numeric_features', 'training_set',
-           'RecipeError', 'recipe_params', 'Trained', 'quiet_lightning', 'train_model', 'load_best_params',
-           'job_params', 'gbt_baseline', 'train_job', 'bench_train']
+           'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'quiet_lightning', 'wandb_logger',
+           'log_checkpoint', 'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'numeric_features',
+           'training_set', 'RecipeError', 'recipe_params', 'Trained', 'train_model', 'load_best_params', 'job_params',
+           'gbt_baseline', 'train_job', 'bench_train']
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -38,14 +38,22 @@ def labelled_set(features:pd.DataFrame, labels:pd.DataFrame, as_of:pd.Timestamp)
     return features.merge(known, on='transaction_id', how='inner')
 
 # %% ../nbs/04_train.ipynb #a09b5b5c
-def time_split(df:pd.DataFrame, val_days:float=5, test_days:float=5, ts:str='event_timestamp', label:str='is_fraud') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def time_split(df:pd.DataFrame, val_days:float=5, test_days:float=5, ts:str='event_timestamp',
+               label:str='is_fraud') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "Train, validation and test frames of `df`, split by `ts` (newest last)."
-    if ts not in df or label not in df: raise TrainingDataError(f'training set needs columns {ts!r} and {label!r}; has {list(df.columns)[:12]}')
-    end = df[ts].max(); t_test = end - pd.Timedelta(days=test_days); t_val = t_test - pd.Timedelta(days=val_days)
+    if ts not in df or label not in df:
+        raise TrainingDataError(f'training set needs columns {ts!r} and {label!r}; has {list(df.columns)[:12]}')
+    end = df[ts].max()
+    t_test = end - pd.Timedelta(days=test_days)
+    t_val = t_test - pd.Timedelta(days=val_days)
     parts = df[df[ts] < t_val], df[(df[ts] >= t_val) & (df[ts] < t_test)], df[df[ts] >= t_test]
     for name, p in zip(('train', 'validation', 'test'), parts):
-        if len(p) == 0: raise TrainingDataError(f'the {name} window is empty ({len(df):,} rows from {df[ts].min()} to {end}; val_days={val_days}, test_days={test_days})')
-        if p[label].nunique() < 2: raise TrainingDataError(f'the {name} window has one class only: {label}={p[label].iloc[0]!r} in all {len(p):,} rows')
+        if len(p) == 0:
+            raise TrainingDataError(f'the {name} window is empty ({len(df):,} rows from {df[ts].min()} '
+                                    f'to {end}; val_days={val_days}, test_days={test_days})')
+        if p[label].nunique() < 2:
+            raise TrainingDataError(f'the {name} window has one class only: '
+                                    f'{label}={p[label].iloc[0]!r} in all {len(p):,} rows')
     return parts
 
 # %% ../nbs/04_train.ipynb #d6e96cf0
@@ -57,13 +65,17 @@ def holdout_panel(user_id:pd.Series) -> np.ndarray:
     val, test = HOLDOUT_SHARES
     return np.where(h < test, 2, np.where(h < test + val, 1, 0))
 
-def user_split(df:pd.DataFrame, key:str='user_id', label:str='is_fraud') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def user_split(df:pd.DataFrame, key:str='user_id',
+               label:str='is_fraud') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "Train, validation and test frames of `df`, split by the fixed user panels of `holdout_panel` (every day in each)."
-    if key not in df or label not in df: raise TrainingDataError(f'training set needs columns {key!r} and {label!r}; has {list(df.columns)[:12]}')
-    panel = holdout_panel(df[key]); parts = df[panel == 0], df[panel == 1], df[panel == 2]
+    if key not in df or label not in df:
+        raise TrainingDataError(f'training set needs columns {key!r} and {label!r}; has {list(df.columns)[:12]}')
+    panel = holdout_panel(df[key])
+    parts = df[panel == 0], df[panel == 1], df[panel == 2]
     for name, p in zip(('train', 'validation', 'test'), parts):
         if len(p) == 0 or p[label].nunique() < 2:
-            raise TrainingDataError(f'the {name} panel of user_split has {len(p):,} rows and {int(p[label].sum()) if len(p) else 0} positives: it needs both classes')
+            raise TrainingDataError(f'the {name} panel of user_split has {len(p):,} rows and '
+                                    f'{int(p[label].sum()) if len(p) else 0} positives: it needs both classes')
     return parts
 
 # %% ../nbs/04_train.ipynb #8409bf6f
@@ -77,11 +89,14 @@ class Preprocessor:
     def fit(self, df:pd.DataFrame) -> Preprocessor:
         num = {}
         for c in self.numeric:
-            x = pd.to_numeric(df[c], errors='coerce').astype(float); fill = float(x.median()) if x.notna().any() else 0.0
+            x = pd.to_numeric(df[c], errors='coerce').astype(float)
+            fill = float(x.median()) if x.notna().any() else 0.0
             log = bool(x.min() >= 0 and x.quantile(0.99) > 20)
-            x = x.fillna(fill); x = np.log1p(x) if log else x
+            x = x.fillna(fill)
+            x = np.log1p(x) if log else x
             num[c] = {'fill': fill, 'log': log, 'mean': float(x.mean()), 'std': float(x.std()) or 1.0}
-        self.state = {'numeric': num, 'categorical': {c: sorted(map(str, df[c].dropna().unique())) for c in self.categorical}}
+        self.state = {'numeric': num,
+                      'categorical': {c: sorted(map(str, df[c].dropna().unique())) for c in self.categorical}}
         return self
 
     def transform(self, df:pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,17 +104,22 @@ class Preprocessor:
         if not self.state: raise TrainingDataError('the preprocessor is not fitted')
         missing = [c for c in [*self.numeric, *self.categorical] if c not in df]
         if missing: raise TrainingDataError(f'feature(s) {missing} missing from the frame')
-        cols = [((np.log1p(x.clip(lower=0)) if s['log'] else x) - s['mean']) / s['std'] for c, s in self.state['numeric'].items()
-                for x in [pd.to_numeric(df[c], errors='coerce').astype(float).fillna(s['fill'])]]
+        cols = []
+        for c, s in self.state['numeric'].items():
+            x = pd.to_numeric(df[c], errors='coerce').astype(float).fillna(s['fill'])
+            cols.append(((np.log1p(x.clip(lower=0)) if s['log'] else x) - s['mean']) / s['std'])
         num = np.column_stack(cols).astype(np.float32) if cols else np.zeros((len(df), 0), np.float32)
         bad = [c for c, ok in zip(self.numeric, np.isfinite(num).all(axis=0)) if not ok]
         if bad: raise TrainingDataError(f'NaN or infinite values after preprocessing in {bad}')
         cat = [pd.Categorical(df[c].astype(str), categories=v).codes + 1 for c, v in self.state['categorical'].items()]
-        return torch.from_numpy(num), torch.from_numpy(np.column_stack(cat).astype(np.int64) if cat else np.zeros((len(df), 0), np.int64))
+        cat = np.column_stack(cat).astype(np.int64) if cat else np.zeros((len(df), 0), np.int64)
+        return torch.from_numpy(num), torch.from_numpy(cat)
 
     @property
     def cardinalities(self) -> list[int]: return [len(v) + 1 for v in self.state['categorical'].values()]
-    def save(self, path:str|Path) -> Path: return atomic_write(path, json.dumps({'numeric': self.numeric, 'categorical': self.categorical, 'state': self.state}, indent=1))
+    def save(self, path:str|Path) -> Path:
+        spec = {'numeric': self.numeric, 'categorical': self.categorical, 'state': self.state}
+        return atomic_write(path, json.dumps(spec, indent=1))
     @staticmethod
     def load(path:str|Path) -> Preprocessor: return Preprocessor(**json.loads(Path(path).read_text()))
 
@@ -109,7 +129,8 @@ class EpochShuffle(torch.utils.data.Sampler):
     def __init__(self, n:int, seed:int=0): self.n, self.seed, self.epoch = n, seed, 0
     def set_epoch(self, epoch:int): self.epoch = epoch
     def __len__(self): return self.n
-    def __iter__(self): return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
+    def __iter__(self):
+        return iter(torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist())
 
 class EpochBatches(torch.utils.data.BatchSampler):
     "Lists of row indices, a batch at a time, in the order of `sampler`; passes `set_epoch` on to it."
@@ -121,23 +142,29 @@ CATEGORICAL = ['country', 'local_hour']
 EVAL_BATCH = 8192   # rows per validation and test batch: the metrics cover the whole window, whatever the batch
 
 class FraudDataModule(L.LightningDataModule):
-    "Tensors of a labelled training set split by time or by user panel, with a `Preprocessor` fitted on the training part."
+    "Tensors of a labelled set split by time or by user panel; a `Preprocessor` fitted on the training part."
     def __init__(self, frame:pd.DataFrame, numeric:list[str], categorical:list[str]=CATEGORICAL, batch_size:int=1024,
-                 val_days:float=5, test_days:float=5, num_workers:int=0, split:str='time'): # split: 'time' (`time_split`) or 'users' (`user_split`)
+                 val_days:float=5, test_days:float=5, num_workers:int=0,
+                 split:str='time'): # 'time' (`time_split`) or 'users' (`user_split`)
         super().__init__()
         if split not in ('time', 'users'): raise TrainingDataError(f"split={split!r} must be 'time' or 'users'")
-        self.frame, self.batch_size, self.num_workers, self.windows, self.split = frame, batch_size, num_workers, (val_days, test_days), split
-        self.train_df, self.val_df, self.test_df = time_split(frame, val_days, test_days) if split == 'time' else user_split(frame)
+        self.frame, self.batch_size, self.num_workers, self.split = frame, batch_size, num_workers, split
+        self.windows = (val_days, test_days)
+        parts = time_split(frame, val_days, test_days) if split == 'time' else user_split(frame)
+        self.train_df, self.val_df, self.test_df = parts
         self.pre = Preprocessor(list(numeric), list(categorical)).fit(self.train_df)
-        self.tensors = {k: TensorDataset(*self.pre.transform(d), torch.tensor(d.is_fraud.to_numpy(), dtype=torch.float32))
+        self.tensors = {k: TensorDataset(*self.pre.transform(d),
+                                         torch.tensor(d.is_fraud.to_numpy(), dtype=torch.float32))
                         for k, d in (('train', self.train_df), ('val', self.val_df), ('test', self.test_df))}
-        p = float(self.train_df.is_fraud.mean()); self.pos_weight = (1 - p) / p
+        p = float(self.train_df.is_fraud.mean())
+        self.pos_weight = (1 - p) / p
 
     def _loader(self, k, shuffle=False):
         n, size = len(self.tensors[k]), self.batch_size if shuffle else max(self.batch_size, EVAL_BATCH)
         order = EpochShuffle(n) if shuffle else range(n)
         return DataLoader(self.tensors[k], sampler=EpochBatches(order, size, drop_last=False), batch_size=None,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(0))
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(0))
     def train_dataloader(self): return self._loader('train', shuffle=True)
     def val_dataloader(self): return self._loader('val')
     def test_dataloader(self): return self._loader('test')
@@ -147,38 +174,49 @@ class TabularClassifier(L.LightningModule):
     "Embeddings for categoricals + MLP, weighted BCE, AUROC/AUPRC metrics."
     def __init__(self, n_numeric:int, cardinalities:list[int], hidden:tuple=(64, 32), dropout:float=0.1, lr:float=3e-3,
                  weight_decay:float=1e-5, pos_weight:float=1.0):
-        super().__init__(); self.save_hyperparameters()
+        super().__init__()
+        self.save_hyperparameters()
         self.emb = nn.ModuleList([nn.Embedding(c, min(16, (c + 1) // 2)) for c in cardinalities])
         width, layers = n_numeric + sum(e.embedding_dim for e in self.emb), []
-        for h in hidden: layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]; width = h
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
-        self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight)); self._losses = []
-        self.metrics = nn.ModuleDict({f'{s}_{m}': cls() for s in ('val', 'test') for m, cls in (('auroc', BinaryAUROC), ('auprc', BinaryAveragePrecision))})
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        self._losses = []
+        kinds = {'auroc': BinaryAUROC, 'auprc': BinaryAveragePrecision}
+        self.metrics = nn.ModuleDict({f'{s}_{m}': cls() for s in ('val', 'test') for m, cls in kinds.items()})
 
     def forward(self, num, cat):
         return self.mlp(torch.cat([num, *[e(cat[:, i]) for i, e in enumerate(self.emb)]], dim=1)).squeeze(1)
 
     def training_step(self, batch, _):
-        num, cat, y = batch; loss = self.loss(self(num, cat), y)
-        self._losses.append(loss.detach()); return loss
+        num, cat, y = batch
+        loss = self.loss(self(num, cat), y)
+        self._losses.append(loss.detach())
+        return loss
     def on_train_epoch_start(self): self._losses = []
     def on_train_epoch_end(self):   # one log call per epoch: `self.log` costs ~1.7 ms, a third of a training step here
         if self._losses: self.log('train_loss', torch.stack(self._losses).mean(), prog_bar=True, sync_dist=True)
 
     def _eval(self, batch, stage):
-        num, cat, y = batch; logits = self(num, cat)
+        num, cat, y = batch
+        logits = self(num, cat)
         self.log(f'{stage}_loss', self.loss(logits, y), on_epoch=True, prog_bar=True)
         for m in ('auroc', 'auprc'):
-            self.metrics[f'{stage}_{m}'].update(logits.float(), y.int()); self.log(f'{stage}_{m}', self.metrics[f'{stage}_{m}'], on_epoch=True)
+            self.metrics[f'{stage}_{m}'].update(logits.float(), y.int())
+            self.log(f'{stage}_{m}', self.metrics[f'{stage}_{m}'], on_epoch=True)
     def validation_step(self, batch, _): self._eval(batch, 'val')
     def test_step(self, batch, _): self._eval(batch, 'test')
-    def configure_optimizers(self): return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 # %% ../nbs/04_train.ipynb #69223488
 class EpochSeed(L.Callback):
     "Reseed Python, NumPy and torch from `seed + epoch` when each training epoch starts."
     def __init__(self, seed:int): self.seed = seed
-    def on_train_epoch_start(self, trainer, pl_module): L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
+    def on_train_epoch_start(self, trainer, pl_module):
+        L.seed_everything(self.seed + trainer.current_epoch, workers=True, verbose=False)
 
 def _atomic_checkpoint_io():
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -186,27 +224,48 @@ def _atomic_checkpoint_io():
     class AtomicCheckpointIO(TorchCheckpointIO):
         "Checkpoints written to a temporary file, then renamed: a crash never leaves a truncated checkpoint."
         def save_checkpoint(self, checkpoint, path, storage_options=None):
-            tmp = f'{path}.{os.getpid()}.tmp'; super().save_checkpoint(checkpoint, tmp, storage_options); os.replace(tmp, path)
+            tmp = f'{path}.{os.getpid()}.tmp'
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
     return AtomicCheckpointIO()
 
-# %% ../nbs/04_train.ipynb #10a9cc13
+# %% ../nbs/04_train.ipynb #e987fef7
 def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_nodes:int=1, precision:str|None=None,
                  accumulate:int=1, clip:float=1.0, patience:int=3, ckpt_dir:str|Path|None=None, logger=False,
-                 seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None, group:str|None=None,
-                 callbacks:list|tuple=(), **kwargs) -> L.Trainer:
+                 seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None,
+                 group:str|None=None, callbacks:list|tuple=(), **kwargs) -> L.Trainer:
     "A Lightning `Trainer` configured for this project; see the text above for the choices."
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     if logger == 'wandb': logger = wandb_logger(tracking_dir or 'workspace/tracking', group=group)
     L.seed_everything(seed, workers=True, verbose=False)
     gpu = accelerator in ('auto', 'gpu', 'cuda') and torch.cuda.is_available()
-    n = (torch.cuda.device_count() if gpu else 1) if devices == 'auto' else (devices if isinstance(devices, int) else len(devices))
-    cbs = [EpochSeed(seed), *callbacks] + ([EarlyStopping(monitor='val_auprc', mode='max', patience=patience)] if patience else [])
-    if ckpt_dir: cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor='val_auprc', mode='max', save_last=True))
+    n = (
+        (torch.cuda.device_count() if gpu else 1)
+        if devices == 'auto'
+        else (devices if isinstance(devices, int) else len(devices))
+    )
+    cbs = [EpochSeed(seed), *callbacks] + (
+        [EarlyStopping(monitor='val_auprc', mode='max', patience=patience)] if patience else []
+    )
+    if ckpt_dir:
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor='val_auprc', mode='max', save_last=True))
     return L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                     strategy=kwargs.pop('strategy', 'ddp' if n * num_nodes > 1 else 'auto'), precision=precision or ('bf16-mixed' if gpu else '32-true'),
-                     accumulate_grad_batches=accumulate, gradient_clip_val=clip, callbacks=cbs, logger=logger, deterministic=deterministic,
+                     strategy=kwargs.pop('strategy', 'ddp' if n * num_nodes > 1 else 'auto'),
+                     precision=precision or ('bf16-mixed' if gpu else '32-true'),
+                     accumulate_grad_batches=accumulate, gradient_clip_val=clip, callbacks=cbs, logger=logger,
+                     deterministic=deterministic,
                      enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=bool(ckpt_dir),
                      plugins=[_atomic_checkpoint_io()] if ckpt_dir else None, default_root_dir=ckpt_dir, **kwargs)
+
+@contextmanager
+def quiet_lightning(level:int=logging.ERROR): # messages below it are dropped
+    "Silence Lightning's per-fit messages (loops that call fit many times: retraining, tuning); levels restored after."
+    names = ('lightning.pytorch', 'lightning.fabric', 'lightning.pytorch.utilities.rank_zero')
+    old = {n: logging.getLogger(n).level for n in names}
+    for n in names: logging.getLogger(n).setLevel(level)
+    try: yield
+    finally:
+        for n, lvl in old.items(): logging.getLogger(n).setLevel(lvl)
 
 # %% ../nbs/04_train.ipynb #eab48d9e
 def wandb_logger(save_dir:str|Path, project:str='mlsys', group:str|None=None):
@@ -214,7 +273,8 @@ def wandb_logger(save_dir:str|Path, project:str='mlsys', group:str|None=None):
     import os
     from lightning.pytorch.loggers import WandbLogger
     online = bool(os.environ.get('WANDB_API_KEY')) and os.environ.get('WANDB_MODE') != 'offline'
-    os.environ.setdefault('WANDB_SILENT', 'true'); Path(save_dir).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault('WANDB_SILENT', 'true')
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=project, save_dir=str(save_dir), offline=not online, group=group)
 
 def log_checkpoint(trainer:L.Trainer, name:str='fraud-mlp'):
@@ -222,8 +282,20 @@ def log_checkpoint(trainer:L.Trainer, name:str='fraud-mlp'):
     import wandb
     best = getattr(trainer.checkpoint_callback, 'best_model_path', '')
     if not best or not hasattr(trainer.logger, 'experiment'): return None
-    art = wandb.Artifact(name, type='model', metadata={'val_auprc': float(trainer.checkpoint_callback.best_model_score or 0)})
-    art.add_file(best); trainer.logger.experiment.log_artifact(art); return art
+    art = wandb.Artifact(name, type='model',
+                         metadata={'val_auprc': float(trainer.checkpoint_callback.best_model_score or 0)})
+    art.add_file(best)
+    trainer.logger.experiment.log_artifact(art)
+    return art
+
+def _finish_wandb(trainer:L.Trainer, test:dict, config:dict) -> str:
+    "Log the configuration, best checkpoint and test metrics to the trainer's W&B run and close it; its `project/id`."
+    trainer.logger.log_hyperparams(config)
+    log_checkpoint(trainer)
+    exp = trainer.logger.experiment
+    exp.summary.update({k: float(v) for k, v in test.items()})
+    exp.finish()
+    return f'{exp.project}/{exp.id}'
 
 # %% ../nbs/04_train.ipynb #73be9f1a
 class CheckpointError(ValueError):
@@ -238,22 +310,36 @@ def check_checkpoint(path:str|Path, model:nn.Module):
 def check_checkpoint_state(sd:dict, model:nn.Module, path:str|Path):
     "Raise `CheckpointError` unless state dict `sd` (read from `path`) fits `model`."
     own = model.state_dict()
-    diff = [f'{k} is {tuple(sd[k].shape)} in the checkpoint, {tuple(v.shape)} in the model' for k, v in own.items() if k in sd and sd[k].shape != v.shape]
-    diff += [f'{k} missing from the checkpoint' for k in own if k not in sd] + [f'{k} unknown to the model' for k in sd if k not in own]
-    if diff: raise CheckpointError(f'checkpoint {path} is from a model of another shape: ' + '; '.join(diff[:4]) + (' ...' if len(diff) > 4 else ''))
+    diff = [
+        f'{k} is {tuple(sd[k].shape)} in the checkpoint, {tuple(v.shape)} in the model'
+        for k, v in own.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
+    diff += [f'{k} missing from the checkpoint' for k in own if k not in sd] + [
+        f'{k} unknown to the model' for k in sd if k not in own
+    ]
+    if diff:
+        raise CheckpointError(
+            f'checkpoint {path} is from a model of another shape: '
+            + '; '.join(diff[:4])
+            + (' ...' if len(diff) > 4 else '')
+        )
 
 def fit(trainer:L.Trainer, model:L.LightningModule, dm:L.LightningDataModule, resume:bool=True) -> Path|None:
-    "Train `model` on `dm`, resuming from the checkpoint folder's `last.ckpt` when there is one; returns that checkpoint or None."
+    "Train `model` on `dm`, resuming from the checkpoint folder's `last.ckpt` if any; returns that checkpoint or None."
     cb = trainer.checkpoint_callback
     last = Path(cb.dirpath)/'last.ckpt' if resume and cb is not None and cb.dirpath else None
     last = last if last is not None and last.exists() else None
     if last is not None: check_checkpoint(last, model)
-    trainer.fit(model, dm, ckpt_path=last); return last
+    trainer.fit(model, dm, ckpt_path=last)
+    return last
 
 # %% ../nbs/04_train.ipynb #d3aba76c
-from .model_files import load_model, model_class, quantize, save_model   # the folder format lives in `04a_model_files`
+# the folder format lives in `04a_model_files`
+from .model_files import load_model, model_class, quantize, save_model
 
-model_class(TabularClassifier); model_class(Preprocessor)   # `load_model` rebuilds both by the names in `model.json`
+model_class(TabularClassifier)
+model_class(Preprocessor)  # `load_model` rebuilds both by the names in `model.json`
 
 # %% ../nbs/04_train.ipynb #d43b3d3f
 def numeric_features() -> list[str]:
@@ -268,7 +354,8 @@ def training_set(ws) -> pd.DataFrame:
     from mlsys.pit import fast_training_set, fraud_entities
     from mlsys.world import read_manifest, read_table
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
-    if not (ws.features/'current').exists(): raise TrainingDataError(f'no active feature store at {ws.features/"current"}: run the features stage first')
+    if not (ws.features/'current').exists():
+        raise TrainingDataError(f'no active feature store at {ws.features/"current"}: run the features stage first')
     man = read_manifest(ws.lake)
     pit = fast_training_set(open_store(ws.features/'current'), fraud_entities(read_table(ws.lake, 'transactions')))
     return labelled_set(pit, read_table(ws.lake, 'labels'), pd.Timestamp(man['as_of']))
@@ -290,6 +377,7 @@ def recipe_params(params:Mapping|None=None) -> dict:
     if not (isinstance(b, int) and b > 0): raise RecipeError(f'batch_size={b!r}: must be a whole number of at least 1')
     return {**p, 'hidden': list(h)}
 
+# %% ../nbs/04_train.ipynb #d515a216
 @dataclass
 class Trained:
     "What `train_model` returns: the model, its trainer and data, the recipe used, the checkpoint it resumed from."
@@ -300,16 +388,6 @@ class Trained:
     resumed: Path|None = None
     seconds: float = 0.0
 
-@contextmanager
-def quiet_lightning(level:int=logging.ERROR): # messages below it are dropped
-    "Silence Lightning's per-fit messages (loops that call fit many times: retraining, tuning); levels restored after."
-    names = ('lightning.pytorch', 'lightning.fabric', 'lightning.pytorch.utilities.rank_zero')
-    old = {n: logging.getLogger(n).level for n in names}
-    for n in names: logging.getLogger(n).setLevel(level)
-    try: yield
-    finally:
-        for n, lvl in old.items(): logging.getLogger(n).setLevel(lvl)
-
 def train_model(dm:FraudDataModule, # the windows, preprocessor and tensors to train on
                 params:Mapping|None=None, # `RECIPE` keys; the missing ones take the defaults
                 epochs:int=10, # most epochs: early stopping may end sooner; 0 leaves the model untrained
@@ -317,11 +395,13 @@ def train_model(dm:FraudDataModule, # the windows, preprocessor and tensors to t
                 seed:int=0, # seeds the initial weights, dropout and the order of the batches
                 **trainer_kw) -> Trained: # `make_trainer` keywords: precision, ckpt_dir, logger, callbacks...
     "Train a `TabularClassifier` with recipe `params` on `dm`, resuming from `ckpt_dir`'s `last.ckpt` if there is one."
-    p = recipe_params(params); dm.batch_size = p['batch_size']
+    p = recipe_params(params)
+    dm.batch_size = p['batch_size']
     trainer = make_trainer(max_epochs=epochs, patience=patience, seed=seed, **trainer_kw)   # seeds: model after
     hp = {k: tuple(v) if k == 'hidden' else v for k, v in p.items() if k != 'batch_size'}
     model = TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight, **hp)
-    t0 = time.perf_counter(); resumed = fit(trainer, model, dm)
+    t0 = time.perf_counter()
+    resumed = fit(trainer, model, dm)
     return Trained(model, trainer, dm, p, resumed, time.perf_counter() - t0)
 
 # %% ../nbs/04_train.ipynb #a1f72dec
@@ -347,27 +427,25 @@ def job_params(ws, params:Mapping|None=None, tuned:bool=True) -> tuple[dict, str
     tuned_params = {**(params or {}), **best['model'], 'batch_size': int(best['batch_size'])}
     return recipe_params(tuned_params), f"tune study {best['study']}"
 
+# %% ../nbs/04_train.ipynb #74267940
 def gbt_baseline(dm:FraudDataModule, seed:int=0) -> dict:
     "Gradient-boosted trees fitted on `dm`'s training window: test AUPRC and AUROC, and the fit's seconds."
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import average_precision_score, roc_auc_score
     X = lambda d: d[dm.pre.numeric + ['local_hour']]
-    t0 = time.perf_counter(); gbt = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
-    gbt.fit(X(dm.train_df), dm.train_df.is_fraud); secs = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gbt = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
+    gbt.fit(X(dm.train_df), dm.train_df.is_fraud)
+    secs = time.perf_counter() - t0
     p = gbt.predict_proba(X(dm.test_df))[:, 1]
     return {'test_auprc': float(average_precision_score(dm.test_df.is_fraud, p)),
             'test_auroc': float(roc_auc_score(dm.test_df.is_fraud, p)), 'seconds': round(secs, 3)}
 
 # %% ../nbs/04_train.ipynb #3d3bd9c5
+# long because the stage's parameters are documented one per line
 def _windows(dm:FraudDataModule) -> dict:
     span = lambda d: [str(d.event_timestamp.min()), str(d.event_timestamp.max())]
     return {'train_window': span(dm.train_df), 'test_window': span(dm.test_df)}
-
-def _finish_wandb(trainer:L.Trainer, test:dict, config:dict) -> str:
-    "Log the configuration, best checkpoint and test metrics to the trainer's W&B run and close it; its `project/id`."
-    trainer.logger.log_hyperparams(config); log_checkpoint(trainer); exp = trainer.logger.experiment
-    exp.summary.update({k: float(v) for k, v in test.items()}); exp.finish()
-    return f'{exp.project}/{exp.id}'
 
 def train_job(ws, # workspace (a `Workspace` or its folder)
               out:str|Path, # the stage's folder: `model/`, `metrics.json` and `best.ckpt` go there
@@ -411,59 +489,99 @@ def train_job(ws, # workspace (a `Workspace` or its folder)
 # %% ../nbs/04_train.ipynb #7bc20776
 def _raw_epochs(model, loader, epochs, device, bf16):
     "Plain PyTorch: the same steps Lightning takes, timed per epoch."
-    import time
-    model = model.to(device).train(); opt = model.configure_optimizers(); times = []
+    model, opt, times = model.to(device).train(), model.configure_optimizers(), []
     for _ in range(epochs):
         t0 = time.perf_counter()
         for num, cat, y in loader:
-            num, cat, y = num.to(device, non_blocking=True), cat.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            num, cat, y = (t.to(device, non_blocking=True) for t in (num, cat, y))
             with torch.autocast(device.split(':')[0], dtype=torch.bfloat16, enabled=bf16):
                 loss = model.loss(model(num, cat), y)
-            opt.zero_grad(set_to_none=True); loss.backward(); nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
         if device.startswith('cuda'): torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times
 
 class _EpochTimer(L.Callback):
     def __init__(self): self.times = []
-    def on_train_epoch_start(self, *_): import time; self.t0 = time.perf_counter()
+    def on_train_epoch_start(self, *_): self.t0 = time.perf_counter()
     def on_train_epoch_end(self, trainer, *_):
-        import time
         if trainer.strategy.root_device.type == 'cuda': torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.t0)
 
-def bench_train(quick:bool=False, device:str='cpu'):
-    "Lightning against a plain loop on the same model and tensors; gradient boosting on the same window."
-    import statistics, tempfile
+def _time_paths(dm:FraudDataModule, device:str, epochs:int, rounds:int) -> dict:
+    "Epoch seconds of the recipe through Lightning and of the same model in the plain loop, interleaved round by round."
+    gpu, times = device.startswith('cuda'), {'lightning': [], 'plain pytorch': []}
+    for _ in range(rounds):   # both paths see the same machine state; each round's first epoch is a warm-up
+        timer = _EpochTimer()
+        train_model(dm, {'batch_size': dm.batch_size}, epochs, patience=0, callbacks=[timer], devices=1,
+                    accelerator='gpu' if gpu else 'cpu', precision='bf16-mixed' if gpu else '32-true',
+                    limit_val_batches=0, num_sanity_val_steps=0)
+        times['lightning'] += timer.times[1:]
+        L.seed_everything(0, verbose=False)
+        raw = TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)   # recipe defaults
+        times['plain pytorch'] += _raw_epochs(raw, dm.train_dataloader(), epochs, device, gpu)[1:]
+    return times
+
+# %% ../nbs/04_train.ipynb #815e6bbd
+def _python_calls(fn:Callable) -> int:
+    "Python function calls made by `fn()`, as cProfile counts them (unlike timings, the same on any machine)."
+    import cProfile, pstats
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    return sum(row[1] for row in pstats.Stats(prof).stats.values())
+
+def _calls_per_step(dm:FraudDataModule, steps:tuple=(10, 30)) -> dict:
+    "Python calls per training step of each path; the difference of two run lengths cancels the set-up."
+    batches = list(itertools.islice(iter(dm.train_dataloader()), max(steps)))
+    kw = dict(patience=0, devices=1, accelerator='cpu', precision='32-true',
+              limit_val_batches=0, num_sanity_val_steps=0)
+    model = lambda: TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)
+    recipe = {'batch_size': dm.batch_size}
+    with quiet_lightning():
+        light = [_python_calls(lambda: train_model(dm, recipe, 1, limit_train_batches=k, **kw)) for k in steps]
+    raw = [_python_calls(lambda: _raw_epochs(model(), batches[:k], 1, 'cpu', False)) for k in steps]
+    per_step = lambda counts: round((counts[1] - counts[0]) / (steps[1] - steps[0]))
+    return {'lightning': per_step(light), 'plain pytorch': per_step(raw)}
+
+# %% ../nbs/04_train.ipynb #e027caf5
+def _bench_data(quick:bool) -> pd.DataFrame:
+    "The labelled training set of a fresh 21-day (`quick`) or 45-day world, as the train job sees one."
+    import tempfile
     from mlsys.features import build_repo, feature_tables, open_store
     from mlsys.pit import fast_training_set, fraud_entities
     from mlsys.world import read_manifest, read_table, simulate, write_lake
-    lake = Path(tempfile.mkdtemp())/'lake'; write_lake(simulate(seed=0, n_days=21 if quick else 45), lake)
+    lake = Path(tempfile.mkdtemp())/'lake'
+    write_lake(simulate(seed=0, n_days=21 if quick else 45), lake)
     store = open_store(build_repo(lake.parent/'features', feature_tables(lake)))
-    data = labelled_set(fast_training_set(store, fraud_entities(read_table(lake, 'transactions'))), read_table(lake, 'labels'),
-                        pd.Timestamp(read_manifest(lake)['as_of']))
-    numeric, cuda = numeric_features(), device.startswith('cuda')
-    dm = FraudDataModule(data, numeric, batch_size=4096 if cuda else 1024); n = len(dm.tensors['train']); epochs, rounds = (3, 1) if quick else (4, 3)
-    devices = ['cpu', device] if cuda else ['cpu']; results, per = [], {}
-    for dev in devices:
-        times = {'lightning': [], 'plain pytorch': []}
-        for _ in range(rounds):   # interleaved, so that both paths see the same machine state; each round's first epoch is a warm-up
-            timer = _EpochTimer()
-            gpu = dev.startswith('cuda')
-            train_model(dm, {'batch_size': dm.batch_size}, epochs, patience=0, callbacks=[timer], devices=1,
-                        accelerator='gpu' if gpu else 'cpu', precision='bf16-mixed' if gpu else '32-true',
-                        limit_val_batches=0, num_sanity_val_steps=0)
-            times['lightning'] += timer.times[1:]
-            L.seed_everything(0, verbose=False)
-            raw = TabularClassifier(len(numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)   # recipe defaults
-            times['plain pytorch'] += _raw_epochs(raw, dm.train_dataloader(), epochs, dev, gpu)[1:]
-        for path, ts in times.items():
-            med = statistics.median(ts); per[(dev, path)] = med
-            results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4), 'samples_per_s': round(n / med), 'epochs_timed': len(ts), 'train_rows': n})
+    pit = fast_training_set(store, fraud_entities(read_table(lake, 'transactions')))
+    return labelled_set(pit, read_table(lake, 'labels'), pd.Timestamp(read_manifest(lake)['as_of']))
+
+def bench_train(quick:bool=False, device:str='cpu'):
+    "Lightning against a plain loop on the same model and tensors; gradient boosting on the same window."
+    import statistics
+    cuda = device.startswith('cuda')
+    dm = FraudDataModule(_bench_data(quick), numeric_features(), batch_size=4096 if cuda else 1024)
+    n, (epochs, rounds), results, per = len(dm.tensors['train']), (3, 1) if quick else (4, 3), [], {}
+    for dev in ['cpu', device] if cuda else ['cpu']:
+        for path, ts in _time_paths(dm, dev, epochs, rounds).items():
+            per[(dev, path)] = med = statistics.median(ts)
+            results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4),
+                            'samples_per_s': round(n / med), 'epochs_timed': len(ts), 'train_rows': n})
+    calls = _calls_per_step(dm)
+    for row in results: row['python_calls_per_step'] = calls[row['label'].split(' (')[0]]
     gbt = gbt_baseline(dm)['seconds']
     results.append({'label': 'gradient boosting fit (cpu)', 'train_rows': n, 'fit_s': gbt})
-    ratios = {'lightning_over_raw_epoch_time': round(per[('cpu', 'lightning')] / per[('cpu', 'plain pytorch')], 3),
-              'mlp_12_epochs_over_gbt_fit_time': round(12 * per[('cpu', 'lightning')] / gbt, 2)}
-    if cuda: ratios |= {'cuda_lightning_over_raw_epoch_time': round(per[(device, 'lightning')] / per[(device, 'plain pytorch')], 3),
-                        'cuda_over_cpu_samples_per_s': round(per[('cpu', 'lightning')] / per[(device, 'lightning')], 2)}
+    light = per[('cpu', 'lightning')]
+    ratios = {'lightning_over_raw_epoch_time': round(light / per[('cpu', 'plain pytorch')], 3),
+              'lightning_extra_python_calls_per_step': calls['lightning'] - calls['plain pytorch'],
+              'mlp_12_epochs_over_gbt_fit_time': round(12 * light / gbt, 2)}
+    if cuda:
+        gpu_light = per[(device, 'lightning')]
+        ratios |= {'cuda_lightning_over_raw_epoch_time': round(gpu_light / per[(device, 'plain pytorch')], 3),
+                   'cuda_over_cpu_samples_per_s': round(light / gpu_light, 2)}
     return results, ratios

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import json, logging, os, warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -17,14 +18,14 @@ from optuna.samplers import BaseSampler, RandomSampler, TPESampler
 from optuna.storages import RDBStorage
 from optuna.trial import FixedTrial, TrialState
 
-from .config import Workspace, progress, write_json
-from .train import (BEST_PARAMS, CATEGORICAL, FraudDataModule, TabularClassifier, load_best_params, quiet_lightning,
-                         train_model, wandb_logger)
+from .config import Workspace, get_logger, progress, write_json
+from .train import (BEST_PARAMS, CATEGORICAL, FraudDataModule, TabularClassifier, load_best_params,
+                         quiet_lightning, train_model, wandb_logger)
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'PRUNERS', 'WIDTHS', 'BATCH_SIZES', 'make_sampler', 'make_pruner', 'suggest', 'EpochHistory', 'Objective',
            'storage_url', 'open_storage', 'safe_url', 'open_study', 'tune', 'summary', 'plot_study', 'best_params',
-           'save_best_params']
+           'save_best_params', 'TuneRun', 'tune_workspace']
 
 # %% ../nbs/05_tune.ipynb #4ef503e5
 SAMPLERS, PRUNERS = ('tpe', 'random'), ('median', 'hyperband', 'none')
@@ -38,6 +39,7 @@ def make_sampler(name:str='tpe', # one of `SAMPLERS`
     if name == 'random': return RandomSampler(seed=seed)
     raise ValueError(f'sampler={name!r} is not known; choose one of {", ".join(map(repr, SAMPLERS))}')
 
+# %% ../nbs/05_tune.ipynb #ab5362d3
 def make_pruner(name:str='median', # one of `PRUNERS`
                 max_epochs:int=6, # the longest a trial trains; Hyperband's largest budget
                 n_startup_trials:int=3, # completed trials before the median pruner judges anyone
@@ -68,15 +70,18 @@ class EpochHistory(L.Callback):
     def on_validation_end(self, trainer, pl_module):
         if not trainer.sanity_checking: self.values.append(float(trainer.callback_metrics[self.monitor]))
 
+# %% ../nbs/05_tune.ipynb #9ef9eae1
 class Objective:
-    "Train a `TabularClassifier` on the shared `dm` with one trial's hyper-parameters; the value is the best validation AUPRC."
-    def __init__(self, dm:FraudDataModule, max_epochs:int=6, seed:int=0, wandb:bool=False, tracking_dir:str|Path|None=None,
-                 group:str|None=None, monitor:str='val_auprc'):
-        self.dm, self.max_epochs, self.seed, self.wandb, self.tracking_dir, self.group, self.monitor = dm, max_epochs, seed, wandb, tracking_dir, group, monitor
+    "Train a `TabularClassifier` on the shared `dm` with a trial's hyper-parameters; returns the best validation AUPRC."
+    def __init__(self, dm:FraudDataModule, max_epochs:int=6, seed:int=0, wandb:bool=False,
+                 tracking_dir:str|Path|None=None, group:str|None=None, monitor:str='val_auprc'):
+        self.dm, self.max_epochs, self.seed, self.wandb = dm, max_epochs, seed, wandb
+        self.tracking_dir, self.group, self.monitor = tracking_dir, group, monitor
 
     def __call__(self, trial:optuna.Trial) -> float:
         from optuna_integration import PyTorchLightningPruningCallback
-        p = suggest(trial); hist = EpochHistory(self.monitor); trial.set_user_attr('pid', os.getpid())
+        p, hist = suggest(trial), EpochHistory(self.monitor)
+        trial.set_user_attr('pid', os.getpid())
         logger = wandb_logger(self.tracking_dir or 'workspace/tracking', group=self.group) if self.wandb else False
         if self.wandb: self._name_run(logger.experiment, trial, p)
         prune = PyTorchLightningPruningCallback(trial, self.monitor)
@@ -109,6 +114,7 @@ def open_storage(url:str, # SQLAlchemy URL: sqlite:///path or postgresql://user:
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         return RDBStorage(url, engine_kwargs=kw, heartbeat_interval=heartbeat, grace_period=grace or 3 * heartbeat)
 
+# %% ../nbs/05_tune.ipynb #973c4d13
 def safe_url(url:str|None) -> str:
     "`url` with any password hidden; 'memory' for no storage."
     if not url: return 'memory'
@@ -116,22 +122,27 @@ def safe_url(url:str|None) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 # %% ../nbs/05_tune.ipynb #a630b861
-def open_study(name:str, storage:str|None=None, sampler:str='tpe', pruner:str='median', max_epochs:int=6, seed:int|None=None,
-               n_startup_trials:int=5, heartbeat:int=10, grace:int|None=None) -> optuna.Study:
+def open_study(name:str, storage:str|None=None, sampler:str='tpe', pruner:str='median', max_epochs:int=6,
+               seed:int|None=None, n_startup_trials:int=5, heartbeat:int=10, grace:int|None=None) -> optuna.Study:
     "Create study `name` in `storage` (None: in memory) or load it when it exists; maximises validation AUPRC."
     smp, prn = make_sampler(sampler, seed, n_startup_trials), make_pruner(pruner, max_epochs)
     st = optuna.create_study(study_name=name, storage=open_storage(storage, heartbeat, grace) if storage else None,
                              sampler=smp, pruner=prn, direction='maximize', load_if_exists=True)
     had = st.user_attrs.get('max_epochs')
-    if had is None: st.set_user_attr('max_epochs', max_epochs); st.set_user_attr('storage', safe_url(storage))
+    if had is None:
+        st.set_user_attr('max_epochs', max_epochs)
+        st.set_user_attr('storage', safe_url(storage))
     elif had != max_epochs:
-        raise ValueError(f'study {name!r} in {safe_url(storage)} was tuned with max_epochs={had}; this call asks for max_epochs={max_epochs}. '
+        raise ValueError(f'study {name!r} in {safe_url(storage)} was tuned with max_epochs={had}; '
+                         f'this call asks for max_epochs={max_epochs}. '
                          'Their values would not compare: use another study name')
     return st
 
 # %% ../nbs/05_tune.ipynb #2d8e3fbd
 def _finished(study:optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+_NOISE = '.*(does not have many workers|smaller than the logging interval|isinstance\\(treespec).*'   # Lightning's
 
 @contextmanager
 def _quiet(threads:int|None):
@@ -141,8 +152,9 @@ def _quiet(threads:int|None):
     if threads: torch.set_num_threads(threads)
     try:
         with warnings.catch_warnings(), quiet_lightning(logging.WARNING):
-            warnings.filterwarnings('ignore', message='.*(does not have many workers|smaller than the logging interval|isinstance\\(treespec).*')
-            warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning); yield
+            warnings.filterwarnings('ignore', message=_NOISE)
+            warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
+            yield
     finally:
         optuna.logging.set_verbosity(v0)
         torch.set_num_threads(n0)
@@ -150,14 +162,40 @@ def _quiet(threads:int|None):
 def _optimize(st, dm, n, max_epochs, seed, wandb, tracking_dir, threads, show_progress):
     obj = Objective(dm, max_epochs, seed, wandb, tracking_dir, group=st.study_name)
     with _quiet(threads):
-        for _ in progress(range(n), desc=f'tuning {st.study_name}') if show_progress else range(n): st.optimize(obj, n_trials=1)
+        for _ in progress(range(n), desc=f'tuning {st.study_name}') if show_progress else range(n):
+            st.optimize(obj, n_trials=1)
 
 def _worker(path, numeric, categorical, windows, name, storage, n, study_kw, seed, wandb, tracking_dir, threads):
     "One spawned worker: build the data module once from the frame at `path`, load the shared study, run `n` trials."
     st = open_study(name, storage, **study_kw)
-    _optimize(st, FraudDataModule(pd.read_parquet(path), numeric, categorical, val_days=windows[0], test_days=windows[1]), n, study_kw['max_epochs'], seed, wandb, tracking_dir, threads, False)
+    dm = FraudDataModule(pd.read_parquet(path), numeric, categorical, val_days=windows[0], test_days=windows[1])
+    _optimize(st, dm, n, study_kw['max_epochs'], seed, wandb, tracking_dir, threads, False)
 
 # %% ../nbs/05_tune.ipynb #7c3275c2
+def _check_tune_args(n_trials, workers, storage):
+    if not isinstance(n_trials, int) or n_trials < 1:
+        raise ValueError(f'n_trials={n_trials!r} must be a whole number of at least 1')
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f'workers={workers!r} must be a whole number of at least 1')
+    if workers > 1 and not storage:
+        raise ValueError(f'workers={workers} need a storage URL they all reach (e.g. sqlite:///tracking/optuna.db); '
+                         'an in-memory study lives in one process')
+
+def _spawn_workers(frame, shares, args_of, storage, study):
+    "Run `mlsys.tune._worker` in one spawned process per share of trials; raise if any of them failed."
+    import multiprocessing as mp, tempfile
+    import mlsys.tune   # the importable `_worker`: a spawned process cannot unpickle a function defined in a notebook
+    with tempfile.TemporaryDirectory() as tmp:
+        frame.to_parquet(path := Path(tmp)/'frame.parquet')
+        procs = [mp.get_context('spawn').Process(target=mlsys.tune._worker, args=args_of(path, i, n))
+                 for i, n in enumerate(shares) if n]
+        for p in procs: p.start()
+        for p in procs: p.join()
+    if failed := [p.exitcode for p in procs if p.exitcode]:
+        raise RuntimeError(f'{len(failed)} of {len(procs)} tuning workers failed (exit codes {failed}); '
+                           f'finished trials are kept in {safe_url(storage)}: run again to resume study {study!r}')
+
+# %% ../nbs/05_tune.ipynb #d53518a7
 def tune(data:pd.DataFrame|FraudDataModule, # labelled training set, or a data module built from one
          n_trials:int=20, # finished trials the study should hold; trials already in the storage count
          study:str='fraud-mlp', # study name
@@ -166,74 +204,118 @@ def tune(data:pd.DataFrame|FraudDataModule, # labelled training set, or a data m
          max_epochs:int=6, # epochs of an unpruned trial
          seed:int=0, # seeds training and the samplers (worker `i` samples with `seed + i`)
          workers:int=1, # processes tuning the study together (needs `storage`)
-         wandb:bool=False, tracking_dir:str|Path|None=None, # log every trial to W&B under `tracking_dir`, grouped by study
+         wandb:bool=False, tracking_dir:str|Path|None=None, # log every trial to W&B under `tracking_dir`, by study
          numeric:list[str]|None=None, # numeric feature columns of a frame; default `numeric_features()`
          windows:tuple=(5, 5), # validation and test days of a frame (the train job's `val_days`, `test_days`)
          threads:int|None=1, # torch intra-op threads per worker; None leaves the setting alone
          n_startup_trials:int=5, heartbeat:int=10, grace:int|None=None, # see `make_sampler` and `open_storage`
          show_progress:bool=True) -> optuna.Study:
     "Run study `study` until it holds `n_trials` finished trials; returns the study."
-    if not isinstance(n_trials, int) or n_trials < 1: raise ValueError(f'n_trials={n_trials!r} must be a whole number of at least 1')
-    if not isinstance(workers, int) or workers < 1: raise ValueError(f'workers={workers!r} must be a whole number of at least 1')
-    if workers > 1 and not storage: raise ValueError(f'workers={workers} need a storage URL they all reach (e.g. sqlite:///tracking/optuna.db); an in-memory study lives in one process')
-    kw = dict(sampler=sampler, pruner=pruner, max_epochs=max_epochs, n_startup_trials=n_startup_trials, heartbeat=heartbeat, grace=grace)
-    with _quiet(None): st = open_study(study, storage, seed=seed, **kw)   # checks the names and creates the tables before any worker starts
+    _check_tune_args(n_trials, workers, storage)
+    kw = dict(sampler=sampler, pruner=pruner, max_epochs=max_epochs, n_startup_trials=n_startup_trials,
+              heartbeat=heartbeat, grace=grace)
+    with _quiet(None): st = open_study(study, storage, seed=seed, **kw)   # checks names, creates tables before workers
     left = n_trials - _finished(st)
     if left <= 0: return st
-    if isinstance(data, FraudDataModule): frame, numeric, categorical, windows = data.frame, data.pre.numeric, data.pre.categorical, data.windows
+    if isinstance(data, FraudDataModule):
+        frame, numeric, categorical, windows = data.frame, data.pre.numeric, data.pre.categorical, data.windows
     else:
         from mlsys.train import numeric_features
         frame, numeric, categorical = data, list(numeric or numeric_features()), list(CATEGORICAL)
-    if workers == 1:
-        dm = data if isinstance(data, FraudDataModule) else FraudDataModule(frame, numeric, categorical, val_days=windows[0], test_days=windows[1])
-        _optimize(st, dm, left, max_epochs, seed, wandb, tracking_dir, threads, show_progress); return st
-    import multiprocessing as mp, tempfile
-    import mlsys.tune   # the importable `_worker`: a spawned process cannot unpickle a function defined in a notebook
-    shares = [left // workers + (i < left % workers) for i in range(workers)]
-    with tempfile.TemporaryDirectory() as tmp:
-        frame.to_parquet(path := Path(tmp)/'frame.parquet')
-        procs = [mp.get_context('spawn').Process(target=mlsys.tune._worker, args=(path, numeric, categorical, windows, study, storage, n,
-                 {**kw, 'seed': seed + i}, seed, wandb, tracking_dir, threads)) for i, n in enumerate(shares) if n]
-        for p in procs: p.start()
-        for p in procs: p.join()
-    if failed := [p.exitcode for p in procs if p.exitcode]:
-        raise RuntimeError(f'{len(failed)} of {len(procs)} tuning workers failed (exit codes {failed}); finished trials are kept in {safe_url(storage)}: run again to resume study {study!r}')
+    if workers > 1:
+        shares = [left // workers + (i < left % workers) for i in range(workers)]
+        args_of = lambda path, i, n: (path, numeric, categorical, windows, study, storage, n, {**kw, 'seed': seed + i},
+                                      seed, wandb, tracking_dir, threads)
+        _spawn_workers(frame, shares, args_of, storage, study)
+        return st
+    if not isinstance(data, FraudDataModule):
+        data = FraudDataModule(frame, numeric, categorical, val_days=windows[0], test_days=windows[1])
+    _optimize(st, data, left, max_epochs, seed, wandb, tracking_dir, threads, show_progress)
     return st
 
 # %% ../nbs/05_tune.ipynb #f5c77c18
 def summary(study:optuna.Study) -> dict:
     "Best value, finished/complete/pruned/failed trial counts and the epochs trained, of `study`."
-    ts = study.get_trials(deepcopy=False); count = lambda s: sum(t.state == s for t in ts)
-    done = count(TrialState.COMPLETE)
-    return {'best_value': float(study.best_value) if done else None, 'n_trials': done + count(TrialState.PRUNED), 'complete': done,
-            'pruned': count(TrialState.PRUNED), 'failed': count(TrialState.FAIL), 'epochs': sum(t.user_attrs.get('epochs', 0) for t in ts)}
+    trials = study.get_trials(deepcopy=False)
+    count = lambda state: sum(t.state == state for t in trials)
+    done, pruned = count(TrialState.COMPLETE), count(TrialState.PRUNED)
+    return {'best_value': float(study.best_value) if done else None, 'n_trials': done + pruned, 'complete': done,
+            'pruned': pruned, 'failed': count(TrialState.FAIL),
+            'epochs': sum(t.user_attrs.get('epochs', 0) for t in trials)}
 
 # %% ../nbs/05_tune.ipynb #ad3a0fb5
 def plot_study(study:optuna.Study, folder:str|Path) -> dict[str, Path]:
-    "Optimisation history and, with two or more completed trials, parameter importances, saved as PNG files in `folder`."
+    "Optimisation history and, with two or more completed trials, parameter importances, as PNG files in `folder`."
     import matplotlib.pyplot as plt
     from optuna.importance import FanovaImportanceEvaluator
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
-    folder, out = Path(folder), {}; folder.mkdir(parents=True, exist_ok=True)
+    folder, out = Path(folder), {}
+    folder.mkdir(parents=True, exist_ok=True)
     plots = {'history': lambda: plot_optimization_history(study)}
-    if summary(study)['complete'] >= 2: plots['importances'] = lambda: plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
+    if summary(study)['complete'] >= 2:
+        plots['importances'] = lambda: plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0))
     with warnings.catch_warnings(), plt.rc_context():   # Optuna switches matplotlib to its own style; keep that local
         warnings.simplefilter('ignore', optuna.exceptions.ExperimentalWarning)
         for name, plot in plots.items():
-            fig = plot().figure; fig.set_size_inches(7, 3.5); fig.tight_layout()
-            fig.savefig(folder/f'{name}.png', dpi=100); out[name] = folder/f'{name}.png'
+            fig = plot().figure
+            fig.set_size_inches(7, 3.5)
+            fig.tight_layout()
+            fig.savefig(folder/f'{name}.png', dpi=100)
+            out[name] = folder/f'{name}.png'
     return out
 
 # %% ../nbs/05_tune.ipynb #c31a02b7
 def best_params(study:optuna.Study) -> dict:
     "The best trial of `study` as `{study, storage, value, n_trials, model: TabularClassifier kwargs, batch_size}`."
     s = summary(study)
-    if not s['complete']: raise ValueError(f'study {study.study_name!r} has no completed trial yet ({s["n_trials"]} finished, {s["pruned"]} pruned): nothing to hand to training')
+    if not s['complete']:
+        raise ValueError(f'study {study.study_name!r} has no completed trial yet ({s["n_trials"]} finished, '
+                         f'{s["pruned"]} pruned): nothing to hand to training')
     p = suggest(FixedTrial(study.best_trial.params))
-    return {'study': study.study_name, 'storage': study.user_attrs.get('storage', 'memory'), 'value': float(study.best_value),
-            'n_trials': s['n_trials'], 'model': p['model'], 'batch_size': int(p['batch_size'])}
+    return {'study': study.study_name, 'storage': study.user_attrs.get('storage', 'memory'),
+            'value': float(study.best_value), 'n_trials': s['n_trials'], 'model': p['model'],
+            'batch_size': int(p['batch_size'])}
 
 def save_best_params(study:optuna.Study, ws:Workspace|str|Path) -> Path:
     "Write `best_params(study)` to the workspace's `tracking/best_params.json`, atomically."
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     return write_json(ws.tracking/BEST_PARAMS, best_params(study))
+
+# %% ../nbs/05_tune.ipynb #993e2b35
+_log = get_logger('mlsys.tune')
+
+@dataclass
+class TuneRun:
+    "A tuned study, where it is stored, the lake it tuned on, and the files written for the train job and the report."
+    study: optuna.Study
+    storage: str
+    lake_hash: str
+    best_file: Path
+    plots: dict[str, Path]
+    def artifacts(self) -> dict: return {'best_params': self.best_file, 'storage': safe_url(self.storage), **self.plots}
+    def metrics(self) -> dict:
+        s = summary(self.study)
+        return {k: s[k] for k in ('best_value', 'n_trials', 'pruned', 'epochs', 'failed')}
+
+# %% ../nbs/05_tune.ipynb #9c9fdf61
+def tune_workspace(ws:Workspace|str|Path, folder:str|Path, # workspace, and the folder the plots go to
+                   data:pd.DataFrame|FraudDataModule|None=None, # default: the workspace's training set
+                   study:str|None=None, storage:str|None=None, # default: fraud-mlp-<lake hash>-e<max_epochs>, tracking/
+                   n_trials:int=6, max_epochs:int=3, sampler:str='tpe', pruner:str='median', workers:int=1,
+                   seed:int=42, wandb:bool=True, windows:tuple=(7, 7)) -> TuneRun:
+    "Tune on workspace `ws`'s data until the study holds `n_trials` trials; write the best parameters and the plots."
+    from mlsys.train import numeric_features, training_set
+    from mlsys.world import read_manifest
+    make_sampler(sampler), make_pruner(pruner, max_epochs)   # a bad name stops here, before the data is loaded
+    ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).ensure()
+    lake_hash = read_manifest(ws.lake)['tables']['transactions']['hash']
+    data = training_set(ws) if data is None else data
+    name, url = study or f'fraud-mlp-{lake_hash[:8]}-e{max_epochs}', storage or storage_url(ws)
+    rows = len(data.frame if isinstance(data, FraudDataModule) else data)
+    _log.info('tuning study %s in %s: %d trials of up to %d epochs on %d rows',
+              name, safe_url(url), n_trials, max_epochs, rows)
+    st = tune(data, n_trials=n_trials, study=name, storage=url, sampler=sampler, pruner=pruner, max_epochs=max_epochs,
+              seed=seed, workers=workers, wandb=wandb, tracking_dir=ws.tracking, numeric=numeric_features(),
+              windows=windows)
+    _log.info('study %s: %s', name, summary(st))
+    return TuneRun(st, url, lake_hash, save_best_params(st, ws), plot_study(st, folder))

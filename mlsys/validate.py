@@ -13,12 +13,13 @@ import pandera.pandas as pa
 from pandera.pandas import Check, Column, DataFrameSchema
 
 from .config import atomic_write, write_json
-from .world import CATEGORIES, CHANNELS, COUNTRIES, DEVICES, EVENT_TABLES, GENRES, AGE_BUCKETS, partitions, read_manifest, read_table
+from .world import (AGE_BUCKETS, CATEGORIES, CHANNELS, COUNTRIES, DEVICES, EVENT_TABLES, GENRES, partitions,
+                         read_manifest, read_table)
 
 # %% auto #0
 __all__ = ['PSI_WARN', 'PSI_FAIL', 'CONTRACTS', 'DERIVED', 'psi', 'Contract', 'CheckResult', 'schema_checks', 'null_checks',
-           'key_checks', 'freshness_check', 'psi_checks', 'ValidationReport', 'validate_lake', 'ValidationFailed',
-           'write_report', 'gate']
+           'key_checks', 'freshness_check', 'psi_checks', 'ValidationReport', 'ValidationFailed', 'write_report',
+           'gate', 'validate_lake']
 
 # %% ../nbs/02_validate.ipynb #95e99a9f
 PSI_WARN, PSI_FAIL = 0.1, 0.2
@@ -35,7 +36,8 @@ def psi(reference:pd.Series, current:pd.Series, bins:int=10, eps:float=1e-4) -> 
         cats = pd.Index(ref.astype(str).unique()).union(cur.astype(str).unique())
         r = ref.astype(str).value_counts().reindex(cats, fill_value=0).to_numpy()
         c = cur.astype(str).value_counts().reindex(cats, fill_value=0).to_numpy()
-    r = np.maximum(r / r.sum(), eps); c = np.maximum(c / c.sum(), eps)
+    r = np.maximum(r / r.sum(), eps)
+    c = np.maximum(c / c.sum(), eps)
     return float(np.sum((c - r) * np.log(c / r)))
 
 # %% ../nbs/02_validate.ipynb #b4e0d640
@@ -58,19 +60,23 @@ def _hour(df): return df.ts.dt.hour  # the UTC hour of day, a derived column for
 CONTRACTS = {c.table: c for c in [
     Contract('transactions', DataFrameSchema({
         'transaction_id': Column('int64'), 'user_id': Column(str, Check.str_matches(r'^u\d{6}$')),
-        'merchant_id': Column('int64', Check.ge(0)), 'amount': Column(float, Check.in_range(0.01, 50_000), nullable=True),
-        'ts': Column(_utc), 'channel': Column(str, _in(CHANNELS)), 'device_id': Column(str), 'ip': Column(str)}, strict=True),
-        key=['transaction_id'], null_ceilings={'amount': 0.001}, freshness_sla_days=1, psi_columns=['amount', 'channel', 'hour']),
-    Contract('labels', DataFrameSchema({
+        'merchant_id': Column('int64', Check.ge(0)),
+        'amount': Column(float, Check.in_range(0.01, 50_000), nullable=True),
+        'ts': Column(_utc), 'channel': Column(str, _in(CHANNELS)),
+        'device_id': Column(str), 'ip': Column(str)}, strict=True),
+        key=['transaction_id'], null_ceilings={'amount': 0.001}, freshness_sla_days=1,
+        psi_columns=['amount', 'channel', 'hour']), Contract('labels', DataFrameSchema({
         'transaction_id': Column('int64'), 'is_fraud': Column(bool), 'pattern': Column(str, nullable=True),
         'label_delay_days': Column(float, Check.in_range(1, 90)), 'available_at': Column(_utc)}, strict=True),
         key=['transaction_id']),
     Contract('interactions', DataFrameSchema({
-        'user_id': Column(str), 'item_id': Column('int64', Check.ge(0)), 'ts': Column(_utc), 'event': Column(str, _in(['view', 'click', 'watch'])),
+        'user_id': Column(str), 'item_id': Column('int64', Check.ge(0)), 'ts': Column(_utc),
+        'event': Column(str, _in(['view', 'click', 'watch'])),
         'watch_fraction': Column(float, Check.in_range(0, 1), nullable=True)}, strict=True),
         null_ceilings={'watch_fraction': 0.99}, freshness_sla_days=1, psi_columns=['event']),
     Contract('users', DataFrameSchema({
-        'user_id': Column(str), 'country': Column(str, _in(COUNTRIES)), 'timezone': Column(str), 'device': Column(str, _in(DEVICES)),
+        'user_id': Column(str), 'country': Column(str, _in(COUNTRIES)), 'timezone': Column(str),
+        'device': Column(str, _in(DEVICES)),
         'signup_date': Column(_utc), 'age_bucket': Column(str, _in(AGE_BUCKETS))}, strict=True), key=['user_id']),
     Contract('merchants', DataFrameSchema({'merchant_id': Column('int64'), 'category': Column(str, _in(CATEGORIES)),
         'country': Column(str, _in(COUNTRIES))}, strict=True), key=['merchant_id']),
@@ -90,24 +96,29 @@ class CheckResult:
     expected: object
     @property
     def failed(self) -> bool: return self.status == 'fail'
-    def __str__(self): return f'{self.table}.{self.column or "*"} {self.check}: observed {self.observed}, expected {self.expected}'
+    def __str__(self):
+        return f'{self.table}.{self.column or "*"} {self.check}: observed {self.observed}, expected {self.expected}'
 
 # %% ../nbs/02_validate.ipynb #58de3093
 def schema_checks(df:pd.DataFrame, c:Contract) -> list[CheckResult]:
     "Run `c.schema` with pandera (lazily) and fold its failure cases into one `CheckResult` per column and rule."
-    try: c.schema.validate(df, lazy=True); return [CheckResult(c.table, 'schema', None, 'pass', f'{len(df):,} rows', 'schema holds')]
+    try:
+        c.schema.validate(df, lazy=True)
+        return [CheckResult(c.table, 'schema', None, 'pass', f'{len(df):,} rows', 'schema holds')]
     except pa.errors.SchemaErrors as e: fc = e.failure_cases
     out = []
     for (col, chk), g in fc.groupby([fc.column.fillna('*'), fc.check.astype(str)], sort=False):
         n = int(g['index'].notna().sum()) or len(g)
         examples = ', '.join(map(repr, g.failure_case.drop_duplicates().head(3)))
-        out.append(CheckResult(c.table, f'schema:{chk}', None if col == '*' else col, 'fail', f'{n:,} failing: {examples}', chk))
+        out.append(CheckResult(c.table, f'schema:{chk}', None if col == '*' else col,
+                               'fail', f'{n:,} failing: {examples}', chk))
     return out
 
 # %% ../nbs/02_validate.ipynb #581d02e4
 def null_checks(df, c:Contract) -> list[CheckResult]:
     "Null share of each column with a ceiling against that ceiling (columns that are absent are left to the schema)."
-    return [CheckResult(c.table, 'null_rate', col, 'fail' if (r := float(df[col].isna().mean())) > cap else 'pass', round(r, 4), f'<= {cap}')
+    return [CheckResult(c.table, 'null_rate', col,
+                        'fail' if (r := float(df[col].isna().mean())) > cap else 'pass', round(r, 4), f'<= {cap}')
             for col, cap in c.null_ceilings.items() if col in df]
 
 def key_checks(df, c:Contract) -> list[CheckResult]:
@@ -120,7 +131,8 @@ def key_checks(df, c:Contract) -> list[CheckResult]:
 def freshness_check(newest_day:str|None, as_of:pd.Timestamp, c:Contract) -> list[CheckResult]:
     "Age in days of the end of the newest partition at `as_of`, against `c.freshness_sla_days`."
     if c.freshness_sla_days is None: return []
-    if newest_day is None: return [CheckResult(c.table, 'freshness', None, 'fail', 'no partitions', f'<= {c.freshness_sla_days} days old')]
+    if newest_day is None:
+        return [CheckResult(c.table, 'freshness', None, 'fail', 'no partitions', f'<= {c.freshness_sla_days} days old')]
     age = (as_of - (pd.Timestamp(newest_day, tz='UTC') + pd.Timedelta(days=1))) / pd.Timedelta(days=1)
     return [CheckResult(c.table, 'freshness', None, 'fail' if age > c.freshness_sla_days else 'pass',
                         f'newest {newest_day}, {age:.1f} days old', f'<= {c.freshness_sla_days} days old')]
@@ -133,7 +145,8 @@ def psi_checks(ref:pd.DataFrame, cur:pd.DataFrame, c:Contract, warn=PSI_WARN, fa
         try: v = psi(get(ref), get(cur))
         except (KeyError, AttributeError): continue   # a missing column is the schema's finding
         status = 'fail' if not v < fail else 'warn' if v >= warn else 'pass'   # NaN (no values on a side) fails
-        out.append(CheckResult(c.table, 'psi', col, status, round(v, 4) if v == v else 'no values', f'< {warn} (fail at {fail})'))
+        out.append(CheckResult(c.table, 'psi', col, status, round(v, 4) if v == v else 'no values',
+                               f'< {warn} (fail at {fail})'))
     return out
 
 # %% ../nbs/02_validate.ipynb #3f211339
@@ -150,6 +163,27 @@ class ValidationReport:
     def frame(self) -> pd.DataFrame: return pd.DataFrame([asdict(r) for r in self.results])
     def count(self, status:str) -> int: return sum(r.status == status for r in self.results)
 
+# %% ../nbs/02_validate.ipynb #4b96a607
+class ValidationFailed(Exception):
+    "A validation gate failed; the message names every failed check."
+
+def write_report(rep:ValidationReport, folder:str|Path) -> tuple[Path, Path]:
+    "Write `validation.md` and `validation.json` for `rep` into `folder`."
+    folder = Path(folder)
+    f = rep.frame()
+    head = (f"# Validation report\n\nas of {rep.as_of}: **{'PASSED' if rep.passed else 'FAILED'}**; "
+            f"{rep.count('pass')} passed, {rep.count('warn')} warnings, {rep.count('fail')} failed.\n\n")
+    md = head + '\n'.join(['| table | check | column | status | observed | expected |', '|---|---|---|---|---|---|'] +
+        [f"| {r.table} | {r.check} | {r.column or ''} | {r.status.upper() if r.status != 'pass' else 'pass'} "
+         f"| {r.observed} | {r.expected} |" for r in rep.results]) + '\n'
+    return (atomic_write(folder/'validation.md', md),
+            write_json(folder/'validation.json', {'as_of': rep.as_of, 'passed': rep.passed,
+                                                  'window': rep.window, 'checks': f.to_dict('records')}))
+
+def gate(rep:ValidationReport):
+    "Raise `ValidationFailed` naming every failed check of `rep`."
+    if rep.failed: raise ValidationFailed(f'{len(rep.failed)} check(s) failed: ' + '; '.join(map(str, rep.failed)))
+
 # %% ../nbs/02_validate.ipynb #ada4e240
 def validate_lake(lake:str|Path, window_days:int=3, reference_days:int=14, as_of:str|None=None,
                   contracts:dict[str, Contract]=CONTRACTS) -> ValidationReport:
@@ -159,8 +193,11 @@ def validate_lake(lake:str|Path, window_days:int=3, reference_days:int=14, as_of
     res, window = [], {}
     for name, c in contracts.items():
         if name not in EVENT_TABLES:
-            df = read_table(lake, name); res += schema_checks(df, c) + null_checks(df, c) + key_checks(df, c); continue
-        days = partitions(lake, name); cur_days, ref_days = days[-window_days:], days[-window_days - reference_days:-window_days]
+            df = read_table(lake, name)
+            res += schema_checks(df, c) + null_checks(df, c) + key_checks(df, c)
+            continue
+        days = partitions(lake, name)
+        cur_days, ref_days = days[-window_days:], days[-window_days - reference_days:-window_days]
         window[name] = {'current': cur_days, 'reference': [ref_days[0], ref_days[-1]] if ref_days else []}
         res += freshness_check(days[-1] if days else None, as_of, c)
         if not cur_days: continue
@@ -168,21 +205,3 @@ def validate_lake(lake:str|Path, window_days:int=3, reference_days:int=14, as_of
         res += schema_checks(cur, c) + null_checks(cur, c) + key_checks(cur, c)
         if ref_days: res += psi_checks(read_table(lake, name, ref_days), cur, c)
     return ValidationReport(res, str(as_of), window)
-
-# %% ../nbs/02_validate.ipynb #4b96a607
-class ValidationFailed(Exception):
-    "A validation gate failed; the message names every failed check."
-
-def write_report(rep:ValidationReport, folder:str|Path) -> tuple[Path, Path]:
-    "Write `validation.md` and `validation.json` for `rep` into `folder`."
-    folder = Path(folder); f = rep.frame()
-    head = (f"# Validation report\n\nas of {rep.as_of}: **{'PASSED' if rep.passed else 'FAILED'}**; "
-            f"{rep.count('pass')} passed, {rep.count('warn')} warnings, {rep.count('fail')} failed.\n\n")
-    md = head + '\n'.join(['| table | check | column | status | observed | expected |', '|---|---|---|---|---|---|'] +
-        [f"| {r.table} | {r.check} | {r.column or ''} | {r.status.upper() if r.status != 'pass' else 'pass'} | {r.observed} | {r.expected} |" for r in rep.results]) + '\n'
-    return (atomic_write(folder/'validation.md', md),
-            write_json(folder/'validation.json', {'as_of': rep.as_of, 'passed': rep.passed, 'window': rep.window, 'checks': f.to_dict('records')}))
-
-def gate(rep:ValidationReport):
-    "Raise `ValidationFailed` naming every failed check of `rep`."
-    if rep.failed: raise ValidationFailed(f'{len(rep.failed)} check(s) failed: ' + '; '.join(map(str, rep.failed)))

@@ -17,9 +17,10 @@ from .config import frame_hash, progress, validated, write_json
 
 # %% auto #0
 __all__ = ['FAULTS', 'SCALES', 'world_config', 'COUNTRIES', 'CATEGORIES', 'DEVICES', 'CHANNELS', 'AGE_BUCKETS', 'GENRES',
-           'PATTERNS', 'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'World', 'simulate', 'LakeError', 'write_lake',
-           'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest', 'serving_requests', 'load_movielens',
-           'load_creditcard']
+           'PATTERNS', 'LATENT_DIM', 'ZIPF_EXPONENT', 'GENRE_WEIGHT', 'SPECTRUM_DECAY', 'LATENT_STREAM', 'EVENT_TABLES',
+           'REQUEST_FIELDS', 'WorldConfig', 'Latent', 'latent_factors', 'world_latent', 'World', 'simulate',
+           'LakeError', 'write_lake', 'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest',
+           'serving_requests', 'load_movielens', 'load_creditcard']
 
 # %% ../nbs/01_world.ipynb #6ccb204a
 FAULTS = ('null_spike', 'schema_change', 'out_of_range', 'duplicate_keys', 'stale_partition', 'timezone_bug')
@@ -34,8 +35,10 @@ class WorldConfig(BaseModel):
     n_days: int|None = Field(None, ge=7, le=365, description='simulated days (default from `scale`)')
     start: str = Field('2026-01-05', description='first simulated day (UTC)')
     fraud_rate: float = Field(0.01, gt=0, lt=0.5, description='share of transactions that are fraud')
-    label_delay_days: float = Field(10.0, ge=1, le=90, description='median days until a label is known (clipped to 1-90)')
-    shift_day: int|None = Field(None, ge=0, description='covariate shift from this day: amounts inflate, new-country users arrive')
+    label_delay_days: float = Field(10.0, ge=1, le=90,
+                                    description='median days until a label is known (clipped to 1-90)')
+    shift_day: int|None = Field(None, ge=0,
+                                description='covariate shift from this day: amounts inflate, new-country users arrive')
     shift_amount: float = Field(1.5, gt=0, description='amount multiplier after `shift_day`')
     shift_country: str = Field('NG', description='country of the influx after `shift_day`')
     drift_day: int|None = Field(None, ge=0, description='concept drift from this day: a new fraud pattern appears')
@@ -50,7 +53,8 @@ class WorldConfig(BaseModel):
         for k in ('shift_day', 'drift_day', 'fault_day'):
             v = getattr(self, k)
             if v is not None and v >= self.days: raise ValueError(f'{k}={v} must be below n_days={self.days}')
-        if self.shift_country not in COUNTRIES: raise ValueError(f'shift_country={self.shift_country!r} must be one of {sorted(COUNTRIES)}')
+        if self.shift_country not in COUNTRIES:
+            raise ValueError(f'shift_country={self.shift_country!r} must be one of {sorted(COUNTRIES)}')
         return self
 
     @property
@@ -71,7 +75,8 @@ CATEGORIES = {  # merchant category: (amount scale, share of merchants)
     'grocery': (0.6, 0.22), 'restaurants': (0.5, 0.18), 'fashion': (1.4, 0.14), 'electronics': (3.0, 0.1),
     'travel': (4.0, 0.08), 'digital_goods': (0.4, 0.12), 'gaming': (0.7, 0.08), 'gift_cards': (1.2, 0.08)}
 DEVICES, CHANNELS = ('ios', 'android', 'desktop'), ('web', 'app', 'pos')
-AGE_BUCKETS, GENRES = ('18-24', '25-34', '35-44', '45-54', '55+'), ('action', 'comedy', 'drama', 'documentary', 'horror', 'kids', 'romance', 'scifi')
+AGE_BUCKETS, GENRES = ('18-24', '25-34', '35-44', '45-54', '55+'), ('action', 'comedy', 'drama', 'documentary',
+                                                                    'horror', 'kids', 'romance', 'scifi')
 PATTERNS = ('card_testing', 'account_takeover', 'merchant_collusion', 'synthetic_identity')
 
 # %% ../nbs/01_world.ipynb #0b41a0d1
@@ -79,12 +84,14 @@ def _ip(rng, n, first=None) -> np.ndarray:
     "Random dotted IPv4 strings; `first` fixes the first octet (a fraud ring's block)."
     o = rng.integers(1, 255, size=(n, 4))
     if first is not None: o[:, 0] = first
-    return np.array([f'{a}.{b}.{c}.{d}' for a, b, c, d in o.tolist()], dtype=object)   # Python ints: 5x faster than numpy's
+    # Python ints: 5x faster than numpy's
+    return np.array([f'{a}.{b}.{c}.{d}' for a, b, c, d in o.tolist()], dtype=object)
 
 def _users(rng, n, start, n_days, countries=None, signup_from=None) -> pd.DataFrame:
     names = list(COUNTRIES)
     if countries is None:
-        p = np.array([COUNTRIES[c][0] for c in names]); countries = rng.choice(names, n, p=p/p.sum())
+        p = np.array([COUNTRIES[c][0] for c in names])
+        countries = rng.choice(names, n, p=p/p.sum())
     tz = np.array([rng.choice(COUNTRIES[c][1]) for c in countries], dtype=object)
     if signup_from is None:  # 95% joined up to three years before the window, 5% during it
         offs = np.where(rng.random(n) < 0.95, -rng.integers(1, 3*365, n), rng.integers(0, n_days, n))
@@ -95,8 +102,10 @@ def _users(rng, n, start, n_days, countries=None, signup_from=None) -> pd.DataFr
 
 # %% ../nbs/01_world.ipynb #d2ccc6e9
 def _merchants(rng, n) -> pd.DataFrame:
-    cats = list(CATEGORIES); p = np.array([CATEGORIES[c][1] for c in cats])
-    names = list(COUNTRIES)[:-1]; pc = np.array([COUNTRIES[c][0] for c in names])
+    cats = list(CATEGORIES)
+    p = np.array([CATEGORIES[c][1] for c in cats])
+    names = list(COUNTRIES)[:-1]
+    pc = np.array([COUNTRIES[c][0] for c in names])
     return pd.DataFrame({'merchant_id': np.arange(n, dtype='int64'), 'category': rng.choice(cats, n, p=p/p.sum()),
                          'country': rng.choice(names, n, p=pc/pc.sum())})
 
@@ -119,9 +128,11 @@ def _legit(rng, users, merchants, start, n_days, rate_scale=1.0) -> pd.DataFrame
     mu = rng.normal(np.log(40), 0.5, n)
     amount = np.exp(mu[u] + rng.normal(0, 0.5, len(u))) * scale[m]
     desktop = (users.device.to_numpy() == 'desktop')[u]
-    channel = np.where(desktop, rng.choice(['web', 'pos'], len(u), p=[.7, .3]), rng.choice(CHANNELS, len(u), p=[.2, .5, .3]))
+    channel = np.where(desktop, rng.choice(['web', 'pos'], len(u), p=[.7, .3]),
+                       rng.choice(CHANNELS, len(u), p=[.2, .5, .3]))
     second = rng.random(len(u)) < 0.05                                 # a user's second device, now and then
-    home_ip = _ip(rng, n); roaming = rng.random(len(u)) < 0.1
+    home_ip = _ip(rng, n)
+    roaming = rng.random(len(u)) < 0.1
     return pd.DataFrame({'user_idx': u, 'merchant_id': m.astype('int64'), 'amount': amount,
         'ts': start + pd.to_timedelta(day, 'D') + pd.to_timedelta(rng.integers(0, 86_400, len(u)), 's'),
         'channel': channel, 'device_id': [f'd{i}-{s}' for i, s in zip(u.tolist(), second.astype(int).tolist())],
@@ -149,48 +160,60 @@ def _ring(rng, n, n_devices=40, block=None):
 
 def _victims(rng, users, start, day) -> np.ndarray:
     "A random user for each entry of `day`, among those already signed up on that day."
-    joined = (users.signup_date - start).dt.days.to_numpy(); order = np.argsort(joined, kind='stable')
+    joined = (users.signup_date - start).dt.days.to_numpy()
+    order = np.argsort(joined, kind='stable')
     k = np.searchsorted(joined[order], day, side='right')
     return order[np.minimum((rng.random(len(day)) * k).astype(int), k - 1)]
 
 def _card_testing(rng, n, users, merchants, start, days):
-    size = rng.integers(4, 13, max(n, 1)); size = size[:np.searchsorted(size.cumsum(), n) + 1]
+    size = rng.integers(4, 13, max(n, 1))
+    size = size[:np.searchsorted(size.cumsum(), n) + 1]
     b = np.repeat(np.arange(len(size)), size)[:n]
-    bday = rng.choice(days, len(size)); victims = _victims(rng, users, start, bday)
+    bday = rng.choice(days, len(size))
+    victims = _victims(rng, users, start, bday)
     pool = merchants.index[merchants.category.isin(['digital_goods', 'gift_cards'])].to_numpy()
     t0 = _fraud_ts(rng, start, bday, None).to_numpy()
     gap = pd.to_timedelta(rng.exponential(40, n).round() + 1, 's')  # at least a second apart
     ts = pd.Series(t0[b]) + pd.Series(gap).groupby(b).cumsum().to_numpy()
     dev, ip = _ring(rng, len(size))
-    return pd.DataFrame({'user_idx': victims[b], 'merchant_id': rng.choice(pool, len(size))[b], 'amount': rng.uniform(0.5, 5, n),
-                         'ts': ts.to_numpy(), 'channel': 'web', 'device_id': dev[b], 'ip': ip[b], 'pattern': 'card_testing'})
+    return pd.DataFrame({'user_idx': victims[b], 'merchant_id': rng.choice(pool, len(size))[b],
+                         'amount': rng.uniform(0.5, 5, n), 'ts': ts.to_numpy(), 'channel': 'web', 'device_id': dev[b],
+                         'ip': ip[b], 'pattern': 'card_testing'})
 
 # %% ../nbs/01_world.ipynb #b2832907
 def _takeover(rng, n, users, merchants, start, days, typical):
-    day = rng.choice(days, n); u = _victims(rng, users, start, day)
+    day = rng.choice(days, n)
+    u = _victims(rng, users, start, day)
     pool = merchants.index[merchants.category.isin(['electronics', 'travel', 'gift_cards'])].to_numpy()
     dev, ip = _ring(rng, n)
-    return pd.DataFrame({'user_idx': u, 'merchant_id': rng.choice(pool, n), 'amount': typical[u] * rng.uniform(5, 20, n),
+    return pd.DataFrame({'user_idx': u, 'merchant_id': rng.choice(pool, n),
+                         'amount': typical[u] * rng.uniform(5, 20, n),
                          'ts': _fraud_ts(rng, start, day, users.timezone.to_numpy()[u], (1, 5)).to_numpy(),
-                         'channel': rng.choice(['web', 'app'], n), 'device_id': dev, 'ip': ip, 'pattern': 'account_takeover'})
+                         'channel': rng.choice(['web', 'app'], n), 'device_id': dev,
+                         'ip': ip, 'pattern': 'account_takeover'})
 
 def _collusion(rng, n, users, merchants, start, days, typical):
     bad = rng.choice(len(merchants), max(3, len(merchants) // 40), replace=False)
-    day = rng.choice(days, n); u = _victims(rng, users, start, day)
-    return pd.DataFrame({'user_idx': u, 'merchant_id': rng.choice(bad, n), 'amount': typical[u] * rng.uniform(1.5, 3, n),
+    day = rng.choice(days, n)
+    u = _victims(rng, users, start, day)
+    return pd.DataFrame({'user_idx': u, 'merchant_id': rng.choice(bad, n),
+                         'amount': typical[u] * rng.uniform(1.5, 3, n),
                          'ts': _fraud_ts(rng, start, day, None).to_numpy(), 'channel': rng.choice(CHANNELS, n),
                          'device_id': [f'd{i}-0' for i in u], 'ip': _ip(rng, n), 'pattern': 'merchant_collusion'})
 
 # %% ../nbs/01_world.ipynb #ceaf2752
 def _synthetic(rng, n, n_users, merchants, start, days):
-    k = max(1, n // 3); day = rng.choice(days, k)
-    new = _users(rng, k, start, 1); new['signup_date'] = start + pd.to_timedelta(np.maximum(day - rng.integers(0, 3, k), 0), 'D')
+    k = max(1, n // 3)
+    day = rng.choice(days, k)
+    new = _users(rng, k, start, 1)
+    new['signup_date'] = start + pd.to_timedelta(np.maximum(day - rng.integers(0, 3, k), 0), 'D')
     who = rng.integers(0, k, n)
     pool = merchants.index[merchants.category.isin(['electronics', 'fashion'])].to_numpy()
     dev, ip = _ring(rng, n, n_devices=200)
-    tx = pd.DataFrame({'user_idx': n_users + who, 'merchant_id': rng.choice(pool, n), 'amount': rng.uniform(150, 600, n),
-                       'ts': _fraud_ts(rng, start, day[who], None).to_numpy(), 'channel': 'app', 'device_id': dev, 'ip': ip,
-                       'pattern': 'synthetic_identity'})
+    tx = pd.DataFrame({'user_idx': n_users + who, 'merchant_id': rng.choice(pool, n),
+                       'amount': rng.uniform(150, 600, n),
+                       'ts': _fraud_ts(rng, start, day[who], None).to_numpy(), 'channel': 'app',
+                       'device_id': dev, 'ip': ip, 'pattern': 'synthetic_identity'})
     return new, tx
 
 # %% ../nbs/01_world.ipynb #6a0e6990
@@ -198,16 +221,59 @@ def _labels(rng, tx, median_days) -> pd.DataFrame:
     delay = np.clip(rng.lognormal(np.log(median_days), 0.6, len(tx)), 1, 90)
     return pd.DataFrame({'transaction_id': tx.transaction_id.to_numpy(), 'is_fraud': tx.pattern.notna().to_numpy(),
                          'pattern': tx.pattern.to_numpy(), 'label_delay_days': delay.round(2),
-                         'available_at': (tx.ts + pd.to_timedelta(delay * 86_400, 's').round('s')).array})   # .array keeps the time zone without boxing
+                         # .array keeps the time zone without boxing
+                         'available_at': (tx.ts + pd.to_timedelta(delay * 86_400, 's').round('s')).array})
+
+# %% ../nbs/01_world.ipynb #4a1a69a0
+LATENT_DIM, ZIPF_EXPONENT, GENRE_WEIGHT = 32, 0.8, 0.6   # factor size, popularity skew, genre's pull on an item
+SPECTRUM_DECAY = 12   # factor j's scale falls as exp(-j/12): the first 8 of 32 carry ~3/4 of the variance
+LATENT_STREAM = 12   # the child generator of the factors: `default_rng([seed, LATENT_STREAM])`
+
+@dataclass
+class Latent:
+    "The world's true taste: user and item factors (relevance is their dot product) and each item's share of views."
+    user_factors: np.ndarray   # (n_users, dim) float32
+    item_factors: np.ndarray   # (n_items, dim) float32
+    popularity: np.ndarray     # (n_items,) shares summing to 1
+    spec: dict                 # how to draw them again: seed, stream, shapes, exponent
+
+def latent_factors(seed:int, # the world's seed
+                   item_genres:np.ndarray, # each item's genre as an index into `GENRES`
+                   n_users:int, dim:int=LATENT_DIM, zipf:float=ZIPF_EXPONENT) -> Latent:
+    "Draw true factors and Zipf popularity from the world's child generator `[seed, LATENT_STREAM]`."
+    rng = np.random.default_rng([seed, LATENT_STREAM])
+    n_items, scale = len(item_genres), np.exp(-np.arange(dim) / SPECTRUM_DECAY)
+    scale *= np.sqrt(dim / (scale ** 2).sum())        # mean square 1: a few strong axes of taste, a long weak tail
+    centroids = rng.normal(0, 1, (len(GENRES), dim))
+    own = rng.normal(0, 1, (n_items, dim))
+    raw = scale * (GENRE_WEIGHT * centroids[item_genres] + np.sqrt(1 - GENRE_WEIGHT ** 2) * own)
+    items = raw / np.linalg.norm(raw, axis=1, keepdims=True)   # unit vectors: an item is a direction of taste
+    share = (rng.permutation(n_items) + 1.0) ** -zipf
+    users = scale * rng.normal(0, 1, (n_users, dim)) / np.sqrt((scale ** 4).mean())   # relevance ~ unit variance
+    spec = {'seed': seed, 'stream': [seed, LATENT_STREAM], 'dim': dim, 'n_users': n_users, 'n_items': n_items,
+            'zipf_exponent': zipf, 'genre_weight': GENRE_WEIGHT, 'spectrum_decay': SPECTRUM_DECAY}
+    return Latent(users.astype('float32'), items.astype('float32'), share / share.sum(), spec)
+
+def world_latent(manifest:dict, items:pd.DataFrame) -> Latent:
+    "The true factors of a landed world, drawn again from its manifest and its items table."
+    spec = manifest['latent']
+    for key, ours in (('genre_weight', GENRE_WEIGHT), ('spectrum_decay', SPECTRUM_DECAY)):
+        if spec.get(key, ours) != ours:
+            raise ValueError(f'manifest latent {key}={spec[key]}; this mlsys draws with {ours}')
+    genres = items.sort_values('item_id').genre.map({g: i for i, g in enumerate(GENRES)}).to_numpy()
+    return latent_factors(spec['seed'], genres, spec['n_users'], spec['dim'], spec['zipf_exponent'])
 
 # %% ../nbs/01_world.ipynb #74539640
-def _interactions(rng, users, items, start, n_days) -> pd.DataFrame:
+def _interactions(rng, users, items, start, n_days, latent:Latent) -> pd.DataFrame:
     n, g = len(users), len(GENRES)
     taste = rng.dirichlet(np.full(g, 0.4), n)
     genre = items.genre.map({x: i for i, x in enumerate(GENRES)}).to_numpy()
-    views = rng.poisson(0.8 * n_days, n); u = np.repeat(np.arange(n), views)
-    it = rng.integers(0, len(items), len(u)); aff = taste[u, genre[it]] * g     # 1 = indifferent
-    click = rng.random(len(u)) < np.clip(0.08 * aff, 0, 0.9)
+    views = rng.poisson(0.8 * n_days, n)
+    u = np.repeat(np.arange(n), views)
+    it = rng.choice(len(items), len(u), p=latent.popularity)                                  # popular items get seen
+    aff = taste[u, genre[it]] * g                                                               # 1 = indifferent
+    rel = np.einsum('ij,ij->i', latent.user_factors[u], latent.item_factors[it])              # true relevance, ~N(0, 1)
+    click = rng.random(len(u)) < np.clip(0.08 * aff * np.exp(rel - 0.5), 0, 0.9)
     watch = click & (rng.random(len(u)) < 0.6)
     frac = np.clip(rng.beta(1 + aff, 2, len(u)), 0.01, 1)
     ts = start + pd.to_timedelta(rng.integers(0, n_days * 86_400, len(u)), 's')
@@ -219,7 +285,7 @@ def _interactions(rng, users, items, start, n_days) -> pd.DataFrame:
 # %% ../nbs/01_world.ipynb #a74a9ccd
 @dataclass
 class World:
-    "The simulated marketplace: clean tables plus a `manifest` of everything injected."
+    "The simulated marketplace: clean tables plus a `manifest` of everything injected and the `latent` true taste."
     config: WorldConfig
     users: pd.DataFrame
     merchants: pd.DataFrame
@@ -228,11 +294,46 @@ class World:
     items: pd.DataFrame
     interactions: pd.DataFrame
     manifest: dict = field(default_factory=dict)
+    latent: Latent|None = None
     TABLES = ('users', 'merchants', 'transactions', 'labels', 'items', 'interactions')
     def tables(self) -> dict[str, pd.DataFrame]: return {t: getattr(self, t) for t in self.TABLES}
     def __repr__(self): return 'World(' + ', '.join(f'{t}={len(d):,}' for t, d in self.tables().items()) + ')'
 
-# %% ../nbs/01_world.ipynb #760f61f2
+# %% ../nbs/01_world.ipynb #160efb4d
+def _finish(rng, cfg, start, users, merchants, items, tx) -> World:
+    users.insert(0, 'user_id', [f'u{i:06d}' for i in range(len(users))])
+    tx = tx[tx.ts.between(start, start + pd.Timedelta(days=cfg.days), inclusive='left')]
+    tx = tx.sort_values('ts', kind='stable').reset_index(drop=True)
+    tx.insert(0, 'transaction_id', np.arange(1, len(tx) + 1, dtype='int64'))
+    tx.insert(1, 'user_id', users.user_id.to_numpy()[tx.pop('user_idx').to_numpy()])
+    tx['amount'] = tx.amount.round(2)
+    labels = _labels(rng, tx, cfg.label_delay_days)
+    latent = latent_factors(cfg.seed, items.genre.map({g: i for i, g in enumerate(GENRES)}).to_numpy(), len(users))
+    inter = _interactions(rng, users, items, start, cfg.days, latent)
+    inter = inter.sort_values('ts', kind='stable').reset_index(drop=True)
+    inter.insert(0, 'user_id', users.user_id.to_numpy()[inter.pop('user_idx').to_numpy()])
+    tx = tx.drop(columns='pattern').astype({'channel': str, 'device_id': str, 'ip': str})
+    w = World(cfg, users, merchants, tx, labels, items, inter, latent=latent)
+    w.manifest = _manifest(w, start)
+    return w
+
+def _manifest(w:World, start) -> dict:
+    cfg = w.config
+    day = lambda d: None if d is None else str((start + pd.Timedelta(days=d)).date())
+    lab = w.labels
+    return {'seed': cfg.seed, 'config': cfg.model_dump(), 'start': str(start.date()), 'n_days': cfg.days,
+            'as_of': str(start + pd.Timedelta(days=cfg.days)),
+            'fraud': {'rate': round(float(lab.is_fraud.mean()), 5), 'patterns': lab.pattern.value_counts().to_dict()},
+            'covariate_shift': None if cfg.shift_day is None else {'day': cfg.shift_day, 'date': day(cfg.shift_day),
+                'amount_multiplier': cfg.shift_amount, 'country': cfg.shift_country,
+                'new_users': int((w.users.country == cfg.shift_country).sum())},
+            'concept_drift': None if cfg.drift_day is None else {'day': cfg.drift_day, 'date': day(cfg.drift_day),
+                'pattern': 'synthetic_identity', 'transactions': int((lab.pattern == 'synthetic_identity').sum())},
+            'fault': None,  # filled in when the world lands in the lake
+            'latent': None if w.latent is None else w.latent.spec,   # `world_latent` draws the factors again
+            'tables': {t: {'rows': len(d), 'hash': frame_hash(d)} for t, d in w.tables().items()}}
+
+# %% ../nbs/01_world.ipynb #15bc0618
 def _fraud(rng, cfg, users, merchants, start, n_legit, typical):
     "Fraud transactions of the three standing patterns, plus `synthetic_identity` after `drift_day`."
     days = np.arange(cfg.days)
@@ -247,16 +348,18 @@ def _fraud(rng, cfg, users, merchants, start, n_legit, typical):
         parts.append(tx)
     return new_users, parts
 
-# %% ../nbs/01_world.ipynb #1ab20407
 def simulate(cfg:WorldConfig|None=None, **kw) -> World:
     "Draw a `World` from `cfg` (or `WorldConfig(**kw)`)."
     cfg = cfg or WorldConfig(**kw)
-    rng = np.random.default_rng(cfg.seed); start = pd.Timestamp(cfg.start, tz='UTC'); n_days = cfg.days
+    rng = np.random.default_rng(cfg.seed)
+    start = pd.Timestamp(cfg.start, tz='UTC')
+    n_days = cfg.days
     size = SCALES[cfg.scale]
     users = _users(rng, size['n_users'], start, n_days)
     if cfg.shift_day is not None:   # an influx of users from a new country, about 30% more users
         k = int(0.3 * len(users))
-        users = pd.concat([users, _users(rng, k, start, n_days, np.full(k, cfg.shift_country), cfg.shift_day)], ignore_index=True)
+        users = pd.concat([users, _users(rng, k, start, n_days, np.full(k, cfg.shift_country), cfg.shift_day)],
+                          ignore_index=True)
     merchants, items = _merchants(rng, size['n_merchants']), _items(rng, size['n_items'], start)
     legit = _legit(rng, users, merchants, start, n_days)
     typical = legit.groupby('user_idx').amount.median().reindex(range(len(users))).fillna(40).to_numpy()
@@ -266,36 +369,6 @@ def simulate(cfg:WorldConfig|None=None, **kw) -> World:
     if cfg.shift_day is not None:
         tx.loc[tx.ts >= start + pd.Timedelta(days=cfg.shift_day), 'amount'] *= cfg.shift_amount
     return _finish(rng, cfg, start, users, merchants, items, tx)
-
-# %% ../nbs/01_world.ipynb #160efb4d
-def _finish(rng, cfg, start, users, merchants, items, tx) -> World:
-    users.insert(0, 'user_id', [f'u{i:06d}' for i in range(len(users))])
-    tx = tx[tx.ts.between(start, start + pd.Timedelta(days=cfg.days), inclusive='left')].sort_values('ts', kind='stable').reset_index(drop=True)
-    tx.insert(0, 'transaction_id', np.arange(1, len(tx) + 1, dtype='int64'))
-    tx.insert(1, 'user_id', users.user_id.to_numpy()[tx.pop('user_idx').to_numpy()])
-    tx['amount'] = tx.amount.round(2)
-    labels = _labels(rng, tx, cfg.label_delay_days)
-    inter = _interactions(rng, users, items, start, cfg.days).sort_values('ts', kind='stable').reset_index(drop=True)
-    inter.insert(0, 'user_id', users.user_id.to_numpy()[inter.pop('user_idx').to_numpy()])
-    tx = tx.drop(columns='pattern').astype({'channel': str, 'device_id': str, 'ip': str})
-    w = World(cfg, users, merchants, tx, labels, items, inter)
-    w.manifest = _manifest(w, start)
-    return w
-
-# %% ../nbs/01_world.ipynb #7cf3c370
-def _manifest(w:World, start) -> dict:
-    cfg = w.config; day = lambda d: None if d is None else str((start + pd.Timedelta(days=d)).date())
-    lab = w.labels
-    return {'seed': cfg.seed, 'config': cfg.model_dump(), 'start': str(start.date()), 'n_days': cfg.days,
-            'as_of': str(start + pd.Timedelta(days=cfg.days)),
-            'fraud': {'rate': round(float(lab.is_fraud.mean()), 5), 'patterns': lab.pattern.value_counts().to_dict()},
-            'covariate_shift': None if cfg.shift_day is None else {'day': cfg.shift_day, 'date': day(cfg.shift_day),
-                'amount_multiplier': cfg.shift_amount, 'country': cfg.shift_country,
-                'new_users': int((w.users.country == cfg.shift_country).sum())},
-            'concept_drift': None if cfg.drift_day is None else {'day': cfg.drift_day, 'date': day(cfg.drift_day),
-                'pattern': 'synthetic_identity', 'transactions': int((lab.pattern == 'synthetic_identity').sum())},
-            'fault': None,  # filled in when the world lands in the lake
-            'tables': {t: {'rows': len(d), 'hash': frame_hash(d)} for t, d in w.tables().items()}}
 
 # %% ../nbs/01_world.ipynb #c10f967d
 EVENT_TABLES = {'transactions': 'ts', 'interactions': 'ts', 'labels': 'available_at'}  # table: column that sets its day
@@ -313,15 +386,22 @@ def _swap_in(tmp:Path, dest:Path):
 # %% ../nbs/01_world.ipynb #89a7ce45
 def _inject(fault, df, rng) -> tuple[pd.DataFrame|None, int]:
     "Apply `fault` to one transactions partition; return the landed frame (`None`: not landed) and rows affected."
-    df = df.copy(); n = len(df); pick = lambda share: rng.choice(n, max(1, int(share * n)), replace=False)
+    df = df.copy()
+    n = len(df)
+    pick = lambda share: rng.choice(n, max(1, int(share * n)), replace=False)
     if fault == 'null_spike':          # an upstream change stops sending amounts for 30% of rows
-        i = pick(0.3); df.iloc[i, df.columns.get_loc('amount')] = np.nan; return df, len(i)
+        i = pick(0.3)
+        df.iloc[i, df.columns.get_loc('amount')] = np.nan
+        return df, len(i)
     if fault == 'schema_change':       # the producer switches to integer cents under a new name
         return df.assign(amount_cents=(df.pop('amount') * 100).round().astype('int64')), n
     if fault == 'out_of_range':        # 2% of amounts arrive negative or absurdly large
-        i = pick(0.02); df.iloc[i, df.columns.get_loc('amount')] = np.where(rng.random(len(i)) < .5, -df.amount.iloc[i], 1e7); return df, len(i)
+        i = pick(0.02)
+        df.iloc[i, df.columns.get_loc('amount')] = np.where(rng.random(len(i)) < .5, -df.amount.iloc[i], 1e7)
+        return df, len(i)
     if fault == 'duplicate_keys':      # a retry replays 2% of rows
-        i = pick(0.02); return pd.concat([df, df.iloc[i]]).sort_values('ts', kind='stable'), len(i)
+        i = pick(0.02)
+        return pd.concat([df, df.iloc[i]]).sort_values('ts', kind='stable'), len(i)
     if fault == 'stale_partition':     # the job that lands the day never ran
         return None, n
     if fault == 'timezone_bug':        # lands untouched: the bug lives in the serving path, see `serving_requests`
@@ -330,37 +410,53 @@ def _inject(fault, df, rng) -> tuple[pd.DataFrame|None, int]:
 
 # %% ../nbs/01_world.ipynb #fbb3bbf0
 def _write_parquet(df:pd.DataFrame, path:Path):
-    path.parent.mkdir(parents=True, exist_ok=True); df.to_parquet(path, index=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(path, index=False)
 
 def write_lake(w:World, lake:str|Path,
-               until_day:int|None=None, # land only the days before this one: the rest is the future, held back for `11a_loop`
+               until_day:int|None=None, # land the days before it; the rest is the future `11a_loop` replays
               ) -> dict:
     "Land `w` in `lake` (atomically), injecting its fault; return the manifest with the fault's ground truth."
-    lake = Path(lake); tmp = lake.with_name(f'.{lake.name}.tmp-{os.getpid()}')
+    lake = Path(lake)
+    tmp = lake.with_name(f'.{lake.name}.tmp-{os.getpid()}')
     shutil.rmtree(tmp, ignore_errors=True)
     cfg, man = w.config, dict(w.manifest)
     start = pd.Timestamp(man['start'], tz='UTC')
     if until_day is not None:
-        if not 7 <= until_day <= cfg.days: raise ValueError(f'until_day={until_day}: must lie between 7 and the world\'s {cfg.days} days')
+        if not 7 <= until_day <= cfg.days:
+            raise ValueError(f'until_day={until_day}: must lie between 7 and the world\'s {cfg.days} days')
         man.update(n_days=until_day, as_of=str(start + pd.Timedelta(days=until_day)), future_days=cfg.days - until_day,
                    config={**man['config'], 'n_days': cfg.days})   # the whole world's length, to re-simulate it
     as_of = pd.Timestamp(man['as_of'])
     rng = np.random.default_rng([cfg.seed, 7])
     try: return _land(w, cfg, man, tmp, lake, as_of, start, rng)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+# %% ../nbs/01_world.ipynb #105da20f
+def _fault_record(cfg:WorldConfig, start:pd.Timestamp) -> dict:
+    "Where the fault of `cfg` lands, filled in with the rows and partitions it touches as the lake is written."
+    first = str((start + pd.Timedelta(days=cfg.first_fault_day)).date())
+    table = 'serving' if cfg.fault == 'timezone_bug' else 'transactions'
+    return {'name': cfg.fault, 'table': table, 'from_day': cfg.first_fault_day, 'from_date': first,
+            'rows_affected': 0, 'partitions': []}
 
 def _land(w, cfg, man, tmp, lake, as_of, start, rng) -> dict:
-    fault = {'name': cfg.fault, 'table': 'serving' if cfg.fault == 'timezone_bug' else 'transactions', 'from_day': cfg.first_fault_day,
-             'from_date': str((start + pd.Timedelta(days=cfg.first_fault_day)).date()), 'rows_affected': 0, 'partitions': []} if cfg.fault else None
+    fault = _fault_record(cfg, start) if cfg.fault else None
     for name, df in progress(w.tables().items(), 'landing tables', total=len(w.TABLES)):
-        if name not in EVENT_TABLES: _write_parquet(df, tmp/name/'part-0.parquet'); continue
-        col = EVENT_TABLES[name]; df = df[df[col] < as_of]
-        for key, part in df.groupby(df[col].dt.floor('D'), sort=True):   # a day's midnight: formatting every row costs seconds
+        if name not in EVENT_TABLES:
+            _write_parquet(df, tmp/name/'part-0.parquet')
+            continue
+        col = EVENT_TABLES[name]
+        df = df[df[col] < as_of]
+        # a day's midnight: formatting every row costs seconds
+        for key, part in df.groupby(df[col].dt.floor('D'), sort=True):
             day = f'{key:%Y-%m-%d}'
             if fault and name == 'transactions' and day >= fault['from_date']:
                 part, k = _inject(cfg.fault, part, rng)
-                fault['rows_affected'] += k; fault['partitions'].append(day)
+                fault['rows_affected'] += k
+                fault['partitions'].append(day)
                 if part is None: continue
             _write_parquet(part, tmp/name/f'day={day}'/'part-0.parquet')
     man['fault'] = fault
@@ -429,8 +525,9 @@ def ingest(lake:str|Path, # the lake folder
 REQUEST_FIELDS = ['transaction_id', 'user_id', 'merchant_id', 'device_id', 'ip', 'channel', 'amount', 'ts']
 
 def serving_requests(tx:pd.DataFrame, users:pd.DataFrame, manifest:dict|None=None) -> pd.DataFrame:
-    "Transactions `tx` as requests: `ts` is when each arrives, `request_ts` what the gateway stamps on it (see `timezone_bug`)."
-    req = tx[REQUEST_FIELDS].copy(); req['request_ts'] = req.ts
+    "Transactions `tx` as requests: `ts` is when each arrives, `request_ts` the gateway's stamp (see `timezone_bug`)."
+    req = tx[REQUEST_FIELDS].copy()
+    req['request_ts'] = req.ts
     fault = (manifest or {}).get('fault') or {}
     if fault.get('name') != 'timezone_bug': return req
     hit = (req.ts >= pd.Timestamp(fault['from_date'], tz='UTC')).to_numpy()
@@ -449,7 +546,8 @@ def load_movielens(path:str|Path) -> pd.DataFrame:
     "MovieLens ratings (`ratings.csv` or `u.data`) as `user_id`, `item_id`, `rating`, `ts` (UTC)."
     path = Path(path)
     if path.suffix == '.csv':
-        df = pd.read_csv(path); _need(df, ['userId', 'movieId', 'rating', 'timestamp'], path)
+        df = pd.read_csv(path)
+        _need(df, ['userId', 'movieId', 'rating', 'timestamp'], path)
         df = df.rename(columns={'userId': 'user_id', 'movieId': 'item_id', 'timestamp': 'ts'})
     else: df = pd.read_csv(path, sep='\t', names=['user_id', 'item_id', 'rating', 'ts'])
     if df[['user_id', 'item_id', 'ts']].isna().any().any() or not pd.api.types.is_numeric_dtype(df.ts):
@@ -459,9 +557,12 @@ def load_movielens(path:str|Path) -> pd.DataFrame:
 # %% ../nbs/01_world.ipynb #482b9d39
 def load_creditcard(path:str|Path, start:str='2013-09-01') -> pd.DataFrame:
     "The Kaggle credit-card fraud CSV as `transaction_id`, `ts`, `amount`, `V1`..`V28`, `is_fraud`."
-    df = pd.read_csv(path); v = [f'V{i}' for i in range(1, 29)]
+    df = pd.read_csv(path)
+    v = [f'V{i}' for i in range(1, 29)]
     _need(df, ['Time', *v, 'Amount', 'Class'], path)
     bad = ~df.Class.isin([0, 1])
-    if bad.any(): raise ValueError(f'{path}: Class must be 0 or 1; row {int(bad.idxmax())} has {df.Class[bad].iloc[0]!r}')
-    return pd.DataFrame({'transaction_id': np.arange(1, len(df) + 1), 'ts': pd.Timestamp(start, tz='UTC') + pd.to_timedelta(df.Time, 's'),
+    if bad.any():
+        raise ValueError(f'{path}: Class must be 0 or 1; row {int(bad.idxmax())} has {df.Class[bad].iloc[0]!r}')
+    return pd.DataFrame({'transaction_id': np.arange(1, len(df) + 1),
+                         'ts': pd.Timestamp(start, tz='UTC') + pd.to_timedelta(df.Time, 's'),
                          'amount': df.Amount.astype(float), **{c: df[c] for c in v}, 'is_fraud': df.Class.astype(bool)})

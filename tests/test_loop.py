@@ -21,8 +21,9 @@ def test_run_with_simulated_days_replays_them(tmp_path):
     # the world: clean production days 0-3, the covariate shift from day 4, the new fraud pattern from day 5, labels after a median of 10 days
     assert (loop['covariate_shift_day'], loop['concept_drift_day']) == (4, 5)
     # ten landed days: the 7- and 30-day windows of the counters are still filling up, so the monitor alarms on every clean day (warm-up,
-    # not the world: 11a_loop, with 30 landed days, asserts none). What must hold here: no clean-day alarm names a feature the covariate
-    # shift moves (amounts, countries), and the shift's features are flagged on its first or second evening, under either policy.
+    # not the world: 11a_loop, with 30 landed days, asserts no data-drift or concept alarm on a clean day). What must hold here: no
+    # clean-day alarm names a feature the covariate shift moves (amounts, countries), and the shift's features are flagged on its first
+    # or second evening, under either policy.
     assert stage['false_alarms_clean_days'] == loop['false_alarms_clean_days'] == loop['covariate_shift_day']
     for p, v in loop['policies'].items():
         flagged = [r['day'] for r in v['timeline'] if {'amount', 'country'} & set(r['drifted'])]

@@ -3,7 +3,7 @@ import json, re, shutil, signal, subprocess, time, urllib.request
 import numpy as np
 import pytest
 from mlsys.bench_serve import load_test
-from mlsys.serve import free_port, start_server
+from mlsys.server import free_port, start_server
 
 pytestmark = [pytest.mark.service, pytest.mark.xdist_group('serve')]   # one worker: the module's server starts once
 TOKEN = 'test-admin-token'
