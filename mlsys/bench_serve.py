@@ -23,6 +23,7 @@ def _encode(host:str, path:str, body:bytes) -> bytes:
     head = f'POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}'
     return head.encode() + b'\r\n\r\n' + body
 
+# %% ../nbs/18a_bench_serve.ipynb #01478df1
 def _tally(codes:dict, key): codes[key] = codes.get(key, 0) + 1
 
 async def _client(host, port, reqs, state, lat, codes, deadline):
@@ -42,6 +43,16 @@ async def _client(host, port, reqs, state, lat, codes, deadline):
     except (OSError, asyncio.IncompleteReadError, ValueError): _tally(codes, 'connection_error')
     finally: writer.close()
 
+# %% ../nbs/18a_bench_serve.ipynb #a18e2737
+def _timings(lat:list[float], codes:dict, seconds:float) -> dict:
+    "Throughput, latency percentiles (ms) and status codes of the answers timed in `lat` (seconds) over `seconds`."
+    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
+    percentile = lambda q: round(float(np.percentile(ms, q)), 2)
+    ok = sum(v for k, v in codes.items() if isinstance(k, int) and 200 <= k < 300)
+    return {'requests': len(lat), 'seconds': round(seconds, 2), 'rps': round(len(lat) / seconds, 1),
+            'p50_ms': percentile(50), 'p95_ms': percentile(95), 'p99_ms': percentile(99),
+            'errors': sum(codes.values()) - ok, 'codes': {str(k): v for k, v in codes.items()}}
+
 # %% ../nbs/18a_bench_serve.ipynb #9a4c151f
 def load_test(port:int, # the server's port on `host`
               path:str, # the route POSTed to
@@ -58,15 +69,17 @@ def load_test(port:int, # the server's port on `host`
         await asyncio.gather(*(_client(host, port, reqs, state, lat, codes, deadline) for _ in range(concurrency)))
     t0 = time.perf_counter()
     uvloop.run(main())
-    seconds = time.perf_counter() - t0
-    ms = np.array(lat) * 1000 if lat else np.array([np.nan])
-    percentile = lambda q: round(float(np.percentile(ms, q)), 2)
-    ok = sum(v for k, v in codes.items() if isinstance(k, int) and 200 <= k < 300)
-    return {'requests': len(lat), 'seconds': round(seconds, 2), 'rps': round(len(lat) / seconds, 1),
-            'p50_ms': percentile(50), 'p95_ms': percentile(95), 'p99_ms': percentile(99),
-            'errors': sum(codes.values()) - ok, 'codes': {str(k): v for k, v in codes.items()}}
+    return _timings(lat, codes, time.perf_counter() - t0)
 
 # %% ../nbs/18a_bench_serve.ipynb #1bd171bf
+def _require_model(ws:Workspace):
+    "Raise a `ValueError` naming the command to run when `ws` has no production model."
+    from mlsys.registry import Registry, RegistryError
+    try: Registry(ws.models).get('fraud', 'production')
+    except RegistryError as e:
+        hint = f'run `mlsys run --workspace {ws.root}` first'
+        raise ValueError(f'bench serve needs a production model in {ws.root}: {hint} ({e})') from e
+
 def _bench_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], list[bytes]]:
     "Entity and raw-vector request bodies from the last transactions of `ws`'s lake (vectors from the online store)."
     import orjson
@@ -83,6 +96,7 @@ def _bench_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], list[bytes]]:
     body = lambda instance: orjson.dumps({'instances': [instance]})
     return [body(e.model_dump(exclude_none=True)) for e in ents], [body(v) for v in vec]
 
+# %% ../nbs/18a_bench_serve.ipynb #681a84e9
 _SERVERS = {'batching off': ['--max-batch-size', '1'], 'batching on': [],   # label: flags of `mlsys serve`
             'batching on, stdlib json': ['--json', 'stdlib'], 'batching on, no prediction log': ['--no-prediction-log']}
 
@@ -112,32 +126,34 @@ def _summary(got:dict, load:dict) -> tuple[list[dict], dict]:
                      'orjson_over_stdlib_json': ratio(vector, f'{vector}, stdlib json'),
                      'load_c64_errors': load['errors']}
 
+# %% ../nbs/18a_bench_serve.ipynb #89826437
+def _take_turns(ports:dict, runs:list[tuple], vecs:list[bytes], rounds:int, n:int, secs:float,
+                floor_secs:float) -> dict:
+    "The `load_test` of each of `runs` (against `ports` by server label) once per round, in turns; label: results."
+    got = {label: [] for label, *_ in runs}
+    for _ in range(rounds):
+        for label, server, path, bodies, c in runs:
+            timed = bodies is vecs
+            count = 10**6 if timed else n // 5 if c == 1 else n
+            seconds = floor_secs if timed else secs
+            got[label].append(load_test(ports[server], path, bodies, count, c, seconds))
+    return got
+
 # %% ../nbs/18a_bench_serve.ipynb #3c9e2b8d
 def bench_serve(quick:bool=False, # two short rounds instead of three
                 ws:Workspace|None=None) -> tuple[list[dict], dict]: # a workspace with a production model
     "Batching off/on at concurrency 1/8/32, predict against the no-op floor, orjson against json, and a load test."
-    # long because it is one sequence: servers up, warm-up, rounds taken in turns, the load test, servers down
-    from mlsys.registry import Registry, RegistryError
     ws = ws or Workspace()
-    try: Registry(ws.models).get('fraud', 'production')
-    except RegistryError as e:
-        hint = f'run `mlsys run --workspace {ws.root}` first'
-        raise ValueError(f'bench serve needs a production model in {ws.root}: {hint} ({e})') from e
+    _require_model(ws)
     ents, vecs = _bench_bodies(ws)
     with ThreadPoolExecutor(len(_SERVERS)) as ex:
         servers = dict(zip(_SERVERS, ex.map(lambda flags: start_server(ws.root, *flags), _SERVERS.values())))
     rounds, n, secs = (2, 300, 5) if quick else (3, 1500, 10)
     floor_secs = 1 if quick else 3   # vectors run for a fixed time: at thousands of requests/s, counts end too soon
-    runs = _runs(ents, vecs)
     try:
         for s in servers.values(): load_test(s.port, '/predict', ents, 100, 8, secs)   # warm-up
-        got = {label: [] for label, *_ in runs}
-        for _ in range(rounds):
-            for label, server, path, bodies, c in runs:
-                timed = bodies is vecs
-                count = 10**6 if timed else n // 5 if c == 1 else n
-                seconds = floor_secs if timed else secs
-                got[label].append(load_test(servers[server].port, path, bodies, count, c, seconds))
+        ports = {label: s.port for label, s in servers.items()}
+        got = _take_turns(ports, _runs(ents, vecs), vecs, rounds, n, secs, floor_secs)
         load_n, load_seconds = (3000, 120) if quick else (20_000, 300)
         load = load_test(servers['batching on'].port, '/predict', ents, load_n, 64, load_seconds)
     finally:

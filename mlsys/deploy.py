@@ -29,6 +29,7 @@ _REF = r'^(\d+|latest|production|staging)$'
 class DeployError(ValueError):
     "A routing change or guard input that cannot be applied; the message names the field, the value and the rule."
 
+# %% ../nbs/09_deploy.ipynb #dd7c5779
 class RouteConfig(BaseModel):
     "How requests are split between the champion and the challenger, and when the challenger is rolled back."
     model_config = ConfigDict(extra='forbid', frozen=True)
@@ -93,20 +94,23 @@ class Router:
         if cfg.mode in ('canary', 'ab'): return buckets(keys, cfg.salt) < cfg.share
         return np.full(len(keys), cfg.mode == 'blue_green' and cfg.live == 'challenger')
 
-    def arms(self, keys:Sequence[str]) -> np.ndarray:
-        "'champion' or 'challenger' for each request: the arm whose answer is returned."
-        return np.where(self.serve_challenger(keys), 'challenger', 'champion')
-
-    @property
-    def shadow(self) -> bool:
-        "Whether the challenger scores every request without its answer ever being returned."
-        return self.config.mode == 'shadow'
-
-    def needs_challenger(self) -> bool:
-        "Whether the challenger must be loaded (every mode but `single`)."
-        return self.config.mode != 'single'
-
     def __repr__(self): return f'Router({self.config!r}, {len(self.events)} events)'
+
+# %% ../nbs/09_deploy.ipynb #36ae4851
+@patch
+def arms(self:Router, keys:Sequence[str]) -> np.ndarray:
+    "'champion' or 'challenger' for each request: the arm whose answer is returned."
+    return np.where(self.serve_challenger(keys), 'challenger', 'champion')
+
+@patch(as_prop=True)
+def shadow(self:Router) -> bool:
+    "Whether the challenger scores every request without its answer ever being returned."
+    return self.config.mode == 'shadow'
+
+@patch
+def needs_challenger(self:Router) -> bool:
+    "Whether the challenger must be loaded (every mode but `single`)."
+    return self.config.mode != 'single'
 
 # %% ../nbs/09_deploy.ipynb #67808a94
 @patch
@@ -127,6 +131,7 @@ def update(self:Router, reason:str|None=None, **changes) -> RouteConfig:
     "Apply `changes` to the configuration (validated, atomic, logged); returns the new configuration."
     return self._swap('update', reason, lambda old: changes)
 
+# %% ../nbs/09_deploy.ipynb #e1895351
 @patch
 def switch(self:Router, reason:str|None=None) -> RouteConfig:
     "Blue-green: send all traffic to the other colour; calling it again switches back."
@@ -149,6 +154,7 @@ def save(self:Router, path:str|Path, _locked:bool=False) -> Path:
     if _locked: return atomic_write(path, doc())
     with self._lock: return atomic_write(path, doc())
 
+# %% ../nbs/09_deploy.ipynb #b33a988f
 @patch(cls_method=True)
 def load(cls:Router, path:str|Path, autosave:bool=True) -> Router:
     "The router saved at `path` (which it keeps saving to when `autosave`)."
@@ -208,27 +214,29 @@ class Guard:
             self._win = {a: {k: _Ring(w) for k in ('latency', 'error', 'score')} for a in ARMS}
             self.total = dict.fromkeys(ARMS, 0)
 
-    def record(self, arm:str, # 'champion' or 'challenger'
-               latency_ms:float|Sequence[float], # per request, or one value for the whole batch
-               error:bool|Sequence[bool]=False, # per request, or one value for the whole batch
-               scores:Sequence[float]|None=None): # the scores returned (non-finite ones are ignored)
-        "Add a batch served (or shadow-scored) by `arm` to its windows: one request per value of the longest argument."
-        if arm not in ARMS: raise DeployError(f"arm={arm!r}: must be 'champion' or 'challenger'")
-        lat, err = np.atleast_1d(np.asarray(latency_ms, dtype=float)), np.atleast_1d(np.asarray(error, dtype=bool))
-        sc = None if scores is None else np.atleast_1d(np.asarray(scores, dtype=float))
-        n = max(len(lat), len(err), 0 if sc is None else len(sc))
-        if len(lat) not in (1, n) or len(err) not in (1, n):
-            raise DeployError(f'latency_ms has {len(lat)} values, error {len(err)} and scores '
-                              f'{0 if sc is None else len(sc)}: give one per request, or one for the batch')
-        if not (np.isfinite(lat) & (lat >= 0)).all():
-            raise DeployError(f'latency_ms={lat[~(np.isfinite(lat) & (lat >= 0))][:3].tolist()}: '
-                              'must be finite and >= 0')
-        with self._lock:
-            w = self._win[arm]
-            w['latency'].push(lat if len(lat) == n else np.full(n, lat[0]))
-            w['error'].push(err if len(err) == n else np.full(n, err[0]))
-            if sc is not None: w['score'].push(sc[np.isfinite(sc)])
-            self.total[arm] += n
+# %% ../nbs/09_deploy.ipynb #984c1770
+@patch
+def record(self:Guard, arm:str, # 'champion' or 'challenger'
+           latency_ms:float|Sequence[float], # per request, or one value for the whole batch
+           error:bool|Sequence[bool]=False, # per request, or one value for the whole batch
+           scores:Sequence[float]|None=None): # the scores returned (non-finite ones are ignored)
+    "Add a batch served (or shadow-scored) by `arm` to its windows: one request per value of the longest argument."
+    if arm not in ARMS: raise DeployError(f"arm={arm!r}: must be 'champion' or 'challenger'")
+    lat, err = np.atleast_1d(np.asarray(latency_ms, dtype=float)), np.atleast_1d(np.asarray(error, dtype=bool))
+    sc = None if scores is None else np.atleast_1d(np.asarray(scores, dtype=float))
+    n = max(len(lat), len(err), 0 if sc is None else len(sc))
+    if len(lat) not in (1, n) or len(err) not in (1, n):
+        raise DeployError(f'latency_ms has {len(lat)} values, error {len(err)} and scores '
+                          f'{0 if sc is None else len(sc)}: give one per request, or one for the batch')
+    if not (np.isfinite(lat) & (lat >= 0)).all():
+        raise DeployError(f'latency_ms={lat[~(np.isfinite(lat) & (lat >= 0))][:3].tolist()}: '
+                          'must be finite and >= 0')
+    with self._lock:
+        w = self._win[arm]
+        w['latency'].push(lat if len(lat) == n else np.full(n, lat[0]))
+        w['error'].push(err if len(err) == n else np.full(n, err[0]))
+        if sc is not None: w['score'].push(sc[np.isfinite(sc)])
+        self.total[arm] += n
 
 # %% ../nbs/09_deploy.ipynb #2f3b2327
 def _p99(x:np.ndarray) -> float|None:
@@ -237,6 +245,7 @@ def _p99(x:np.ndarray) -> float|None:
     k = max(math.ceil(0.99 * len(x)) - 1, 0)
     return float(np.partition(x, k)[k])
 
+# %% ../nbs/09_deploy.ipynb #edc41748
 @patch
 def stats(self:Guard) -> dict:
     "Per arm: window and total requests, error rate, p99 latency, scores held; and the challenger's PSI (or None)."
@@ -271,6 +280,7 @@ def check(self:Guard) -> list[str]:
                    f"max_psi {c.max_psi:g} ({ch['scores']} challenger scores)")
     return out
 
+# %% ../nbs/09_deploy.ipynb #caedfa0d
 def enforce(router:Router, guard:Guard) -> list[str]:
     "Check `guard`; on any reason roll `router` back to the champion (logging why) and empty the guard; the reasons."
     if not router.needs_challenger(): return []
@@ -279,6 +289,17 @@ def enforce(router:Router, guard:Guard) -> list[str]:
         router.rollback('; '.join(reasons))
         guard.reset(router.config)
     return reasons
+
+# %% ../nbs/09_deploy.ipynb #765a0f43
+def _score_arm(guard:Guard, arm:str, scorer:Callable, rows:pd.DataFrame) -> np.ndarray|None:
+    "`arm`'s scores of `rows`, timed and recorded in `guard`; None when the scorer failed or returned a wrong count."
+    t0 = time.perf_counter()
+    try:
+        s = np.asarray(scorer(rows), dtype=float)
+        ok = len(s) == len(rows)
+    except Exception: ok = False
+    guard.record(arm, (time.perf_counter() - t0) * 1000, np.full(len(rows), not ok), s if ok else None)
+    return s if ok else None
 
 # %% ../nbs/09_deploy.ipynb #4590132a
 def replay(router:Router, guard:Guard,
@@ -295,13 +316,8 @@ def replay(router:Router, guard:Guard,
         got = {a: np.full(n, np.nan) for a in ARMS}
         for arm, m in runs.items():
             if not m.any(): continue
-            t0 = time.perf_counter()
-            try:
-                s = np.asarray(scorers[arm](b[m]), dtype=float)
-                ok = len(s) == m.sum()
-            except Exception: ok = False
-            guard.record(arm, (time.perf_counter() - t0) * 1000, np.full(m.sum(), not ok), s if ok else None)
-            if ok: got[arm][m] = s
+            s = _score_arm(guard, arm, scorers[arm], b[m])
+            if s is not None: got[arm][m] = s
         fell_back = to_ch & np.isnan(got['challenger'])
         if fell_back.any(): got['champion'][fell_back] = np.asarray(scorers['champion'](b[fell_back]), dtype=float)
         served = to_ch & ~fell_back
@@ -327,6 +343,7 @@ def _counts(**kw) -> dict:
             raise DeployError(f'x_{s}={x.tolist()} of n_{s}={n.tolist()}: need n > 0 and 0 <= x <= n')
     return out
 
+# %% ../nbs/09_deploy.ipynb #80e6a06d
 def two_proportion_test(x_a:int, n_a:int, # successes and trials in arm A (the champion)
                         x_b:int, n_b:int, # successes and trials in arm B (the challenger)
                         alpha:float=0.05) -> dict: # `p_a`, `p_b`, `diff` (B - A), `z`, `p_value`, `ci95`, `significant`
@@ -363,18 +380,24 @@ def sample_size(p_base:float, # rate in arm A
     return math.ceil(n)
 
 # %% ../nbs/09_deploy.ipynb #050dcedc
-def sequential_test(x_a, n_a, # cumulative successes and trials of arm A at each look (1-d, same length; or scalars)
-                    x_b, n_b, # the same for arm B
-                    alpha:float=0.05, # probability of ever stopping when there is no difference
-                    tau:float=0.01, # standard deviation of the normal mixture over the difference p_b - p_a
-                   ) -> dict: # `decision`, `look` (first crossing or None), counts and `diff` there, `p_value`, ...
-    "Mixture SPRT of p_b - p_a = 0 over looks: stops at the first look where the likelihood ratio reaches 1/alpha."
+def _look_counts(x_a, n_a, x_b, n_b) -> dict:
+    "The counts at each look as 1-d float arrays of one length, trials never decreasing; a `DeployError` otherwise."
     c = _counts(x_a=np.atleast_1d(x_a), n_a=np.atleast_1d(n_a), x_b=np.atleast_1d(x_b), n_b=np.atleast_1d(n_b))
     if len({v.shape for v in c.values()}) != 1 or c['x_a'].ndim != 1:
         raise DeployError('x_a, n_a, x_b, n_b must be 1-d and of the same '
                           f'length; got shapes {[v.shape for v in c.values()]}')
     if (np.diff(c['n_a']) < 0).any() or (np.diff(c['n_b']) < 0).any():
         raise DeployError('n_a and n_b must be cumulative (never decreasing)')
+    return c
+
+# %% ../nbs/09_deploy.ipynb #21e48eff
+def sequential_test(x_a, n_a, # cumulative successes and trials of arm A at each look (1-d, same length; or scalars)
+                    x_b, n_b, # the same for arm B
+                    alpha:float=0.05, # probability of ever stopping when there is no difference
+                    tau:float=0.01, # standard deviation of the normal mixture over the difference p_b - p_a
+                   ) -> dict: # `decision`, `look` (first crossing or None), counts and `diff` there, `p_value`, ...
+    "Mixture SPRT of p_b - p_a = 0 over looks: stops at the first look where the likelihood ratio reaches 1/alpha."
+    c = _look_counts(x_a, n_a, x_b, n_b)
     if not 0 < alpha < 1 or tau <= 0: raise DeployError(f'alpha={alpha}, tau={tau}: need 0 < alpha < 1 and tau > 0')
     d = c['x_b'] / c['n_b'] - c['x_a'] / c['n_a']
     pool = (c['x_a'] + c['x_b']) / (c['n_a'] + c['n_b'])

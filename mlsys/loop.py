@@ -134,6 +134,7 @@ def _onset(man:dict, key:str, day0:int) -> int|None:
     d = man.get(key)
     return None if not d or d.get('day') is None else int(d['day']) - day0
 
+# %% ../nbs/11a_loop.ipynb #774610fd
 def _check_prefix(world, man:dict, live:pd.Timestamp):
     "A `LoopError` unless the re-simulated `world`'s transactions before `live` are the ones the lake landed."
     landed = world.transactions[world.transactions.ts < live].reset_index(drop=True)
@@ -167,6 +168,21 @@ def replay_world(lake:str|Path, # the landed lake, with its manifest
     return {'world': world, 'manifest': man, 'pit': pit, 'live': live, 'day0': day0, 'future_days': fut,
             'shift_day': _onset(man, 'covariate_shift', day0), 'drift_day': _onset(man, 'concept_drift', day0)}
 
+# %% ../nbs/11a_loop.ipynb #4f967b80
+def _reference_rows(reg, name:str, version:int, pit:pd.DataFrame, cfg:LoopConfig,
+                    live:pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Rows of the days before `live` that `version` was not trained on, and the last `reference_days` of them."
+    start = live - pd.Timedelta(days=max(cfg.reference_days, 14))
+    pit = pit[(pit.event_timestamp < live) & (pit.event_timestamp >= start)]
+    if reg.spec(name, version).get('split') == 'users':
+        from mlsys.train import holdout_panel
+        pit = pit[holdout_panel(pit.user_id) > 0]   # its training rows reach up to go-live: keep the held-out users
+    ref = pit[pit.event_timestamp >= live - pd.Timedelta(days=cfg.reference_days)]
+    if len(ref) < 100:
+        raise LoopError(f'model {name}:{version}: {len(ref)} reference rows before {live}: need at least 100 '
+                        f'(reference_days={cfg.reference_days})')
+    return pit, ref
+
 # %% ../nbs/11a_loop.ipynb #1819feeb
 class _Service:
     "The production version of a registry, loaded as the server loads it, with its drift references."
@@ -176,20 +192,11 @@ class _Service:
         self.served = load_served(reg, name, 'production')
         self.version, self.since = int(self.served.version), day
         self.inputs = list(self.served.transform.numeric) + list(self.served.transform.categorical)
-        end = live   # the references: the days before the model went live, on rows it was not trained on
-        start = end - pd.Timedelta(days=max(cfg.reference_days, 14))
-        pit = pit[(pit.event_timestamp < end) & (pit.event_timestamp >= start)]
-        if reg.spec(name, self.version).get('split') == 'users':
-            from mlsys.train import holdout_panel
-            pit = pit[holdout_panel(pit.user_id) > 0]   # its training rows reach up to go-live: keep the held-out users
-        ref = pit[pit.event_timestamp >= end - pd.Timedelta(days=cfg.reference_days)]
-        if len(ref) < 100:
-            raise LoopError(f'model {name}:{self.version}: {len(ref)} reference rows before {end}: need at least 100 '
-                            f'(reference_days={cfg.reference_days})')
+        pit, ref = _reference_rows(reg, name, self.version, pit, cfg, live)
         ref, kw = self.score(ref), {'p_val': cfg.p_val, 'psi_threshold': cfg.psi_threshold}
         self.data = DriftDetector(ref, cfg.watch_numeric, cfg.watch_categorical, **kw)
         self.pred = DriftDetector(ref, ['score'], ['decision'], **kw)
-        self.reference_recall = self._recall(pit[pit.event_timestamp >= end - pd.Timedelta(days=14)], truth, end)
+        self.reference_recall = self._recall(pit[pit.event_timestamp >= live - pd.Timedelta(days=14)], truth, live)
 
     def _recall(self, known:pd.DataFrame, truth:pd.DataFrame, end:pd.Timestamp) -> float:
         "Recall at the review threshold on the labels of `known` that arrived by `end` (0.9 below five frauds)."
@@ -223,6 +230,7 @@ def _log(log, scored:pd.DataFrame, version:int, cfg:LoopConfig) -> int:
                       'score': float(sc), 'decision': dc, 'user_id': u, 'device_id': dv, 'features': f}
                      for t, s, sc, dc, u, dv, f in rows)
 
+# %% ../nbs/11a_loop.ipynb #987adfeb
 _HISTORY = ['transaction_id', 'event_timestamp', 'ts', 'score', 'decision', 'is_fraud', 'available_at']
 
 def _window(history:dict, first:int, last:int) -> pd.DataFrame:
@@ -272,6 +280,7 @@ def traffic(self:_Replay, frame:pd.DataFrame, row:dict) -> dict|None:
                             reference_recall=self.svc.reference_recall, concept_kw=kw)
     except MonitorError as e: row['note'] = f'not monitored: {e}'
 
+# %% ../nbs/11a_loop.ipynb #2a3d7809
 @patch
 def perf(self:_Replay, day:int, end:pd.Timestamp) -> dict:
     "Provisional AUPRC of the model in service over its last `perf_days` of predictions, on the labels known at `end`."
@@ -292,6 +301,7 @@ def _retrain_summary(r:dict) -> dict:
             'production_auprc': prod.get('auprc'), 'production_before': r['production_before'],
             'production_after': r['production_after']}
 
+# %% ../nbs/11a_loop.ipynb #816d194a
 @patch
 def act(self:_Replay, day:int, end:pd.Timestamp, row:dict):
     "Ask the policy with the day's signals in `row`; when it fires, retrain at `end`; a promoted model serves next day."
@@ -321,6 +331,7 @@ def _monitored(mon:dict|None) -> dict:
             'alarms': mon['alarms'],
             'concept_alarm_days': mon['concept']['alarm_days']}
 
+# %% ../nbs/11a_loop.ipynb #cf04a059
 @patch
 def day(self:_Replay, day:int, frame:pd.DataFrame, arrived:np.ndarray) -> dict:
     "Live production day `day` under this policy; its timeline row."
@@ -352,6 +363,7 @@ def _final_auprc(history:dict) -> dict[int, float|None]:
     return {d: float(average_precision_score(y(h), h.score)) if 0 < y(h).sum() < len(h) else None
             for d, h in history.items()}
 
+# %% ../nbs/11a_loop.ipynb #98fd5c9b
 def recovery_days(auprc:Sequence[float|None], # final AUPRC per production day, day 0 first
                   onset:int, # the day the drift begins
                   baseline:float, # the clean-day median
@@ -376,6 +388,7 @@ def _replay(rp:_Replay, data:dict, n:int, edit, say):
     days = [r['day'] for r in rp.retrains]
     say(f'{rp.name}: {n} days in {time.perf_counter() - t0:.0f} s, {len(days)} retrain(s) on days {days}')
 
+# %% ../nbs/11a_loop.ipynb #e4a8fb22
 def _policy_summary(rp:_Replay, onsets:dict, baseline:float|None, cfg:LoopConfig) -> dict:
     "One policy's figures: its retrains, its final AUPRC, its detection delays, clean-day alarms and recovery."
     tl, rs, drift, shift = rp.timeline, rp.retrains, onsets['drift_day'], onsets['shift_day']
@@ -405,6 +418,7 @@ def _baseline(runs:dict, drift_day:int|None, n:int) -> float|None:
              if r['auprc_final'] is not None and r['day'] < (drift_day or n) and r['model_version'] == v1]
     return float(np.median(clean)) if clean else None
 
+# %% ../nbs/11a_loop.ipynb #d34c5c9e
 def _result(cfg:LoopConfig, data:dict, n:int, runs:dict, baseline:float|None) -> dict:
     "`loop.json`: the config, each policy's timeline, retrains and summary, and the figures of the judged policies."
     onsets = {k: data[k] for k in ('shift_day', 'drift_day')}

@@ -37,6 +37,7 @@ def hash_pii(value, # an identifier: user, device, IP address; None stays None
     if len(key) > 64: key = hashlib.blake2b(key).digest()   # BLAKE2b keys are at most 64 bytes
     return hashlib.blake2b(str(value).encode(), key=key, digest_size=12).hexdigest()
 
+# %% ../nbs/10_monitor.ipynb #b87fc8e1
 def _salt(root:Path, salt:str|None) -> str:
     if salt or os.environ.get('MLSYS_PII_SALT'): return salt or os.environ['MLSYS_PII_SALT']
     p = root/'.salt'
@@ -62,6 +63,7 @@ except ImportError:   # pragma: no cover
     def _dumps(o) -> bytes: return json.dumps(o, default=lambda v: v.item() if hasattr(v, 'item') else str(v)).encode()
     _loads = json.loads
 
+# %% ../nbs/10_monitor.ipynb #539cc59e
 def _ts(v) -> str:
     "An ISO-8601 UTC timestamp from a string, datetime, pandas Timestamp or Unix seconds (None: now)."
     if v is None: return datetime.now(timezone.utc).isoformat()
@@ -124,7 +126,7 @@ def _append(self:PredictionLog, path:Path, data:bytes):
             while view: view = view[os.write(fd, view):]
         finally: os.close(fd)   # closing releases the flock
 
-
+# %% ../nbs/10_monitor.ipynb #e73a3e95
 @patch
 def days(self:PredictionLog) -> list[str]:
     "Days (`YYYY-MM-DD`) that have a file, oldest first."
@@ -146,6 +148,7 @@ def _parse(data:bytes) -> tuple[list[dict], int]:
         else: bad += 1
     return out, bad
 
+# %% ../nbs/10_monitor.ipynb #cf610c6b
 def _frame(recs:list[dict]) -> pd.DataFrame:
     feats = [r.pop('features', None) or {} for r in recs]
     top = pd.DataFrame.from_records(recs)
@@ -155,6 +158,7 @@ def _frame(recs:list[dict]) -> pd.DataFrame:
     if 'ts' in out: out['ts'] = pd.to_datetime(out.ts, utc=True, format='ISO8601')
     return out
 
+# %% ../nbs/10_monitor.ipynb #506fa149
 @patch
 def read(self:PredictionLog, days:Sequence[str]|None=None) -> pd.DataFrame:
     "Predictions of `days` (default all) as a frame, features flattened; torn lines skipped, counted in `skipped`."
@@ -182,14 +186,6 @@ def latest_day(self:PredictionLog, min_rows:int=1) -> str: # newest day whose fi
     return day
 
 # %% ../nbs/10_monitor.ipynb #332c36c7
-@patch
-# predictions with `is_fraud` (NaN: pending), and counts
-def join_labels(self:PredictionLog, labels:pd.DataFrame, # `key`, `is_fraud` and, optionally, `available_at`
-                 as_of=None, # only labels available by then count (default: all)
-                 key:str='transaction_id', days:Sequence[str]|None=None) -> tuple[pd.DataFrame, dict]:
-    "Logged predictions with the labels known `as_of`; counts `joined`, `pending`, `unknown` (labels not in the log)."
-    return join_prediction_labels(self.read(days), labels, as_of, key)
-
 def _utc(t) -> pd.Timestamp:
     "`t` as a UTC timestamp (naive times are taken as UTC)."
     t = pd.Timestamp(t)
@@ -214,7 +210,29 @@ def join_prediction_labels(pred:pd.DataFrame, labels:pd.DataFrame, as_of=None,
         get_logger('mlsys.monitor').info('%d label(s) for predictions not in the log', stats['unknown'])
     return out, stats
 
+# %% ../nbs/10_monitor.ipynb #0c0c225d
+@patch
+# predictions with `is_fraud` (NaN: pending), and counts
+def join_labels(self:PredictionLog, labels:pd.DataFrame, # `key`, `is_fraud` and, optionally, `available_at`
+                 as_of=None, # only labels available by then count (default: all)
+                 key:str='transaction_id', days:Sequence[str]|None=None) -> tuple[pd.DataFrame, dict]:
+    "Logged predictions with the labels known `as_of`; counts `joined`, `pending`, `unknown` (labels not in the log)."
+    return join_prediction_labels(self.read(days), labels, as_of, key)
+
 # %% ../nbs/10_monitor.ipynb #4bec680b
+def _codes(vocab:pd.Index, values) -> np.ndarray:
+    "Index of each value in `vocab`; values not in it share the last code, `len(vocab)`."
+    c = vocab.get_indexer(pd.Index(values))
+    c[c < 0] = len(vocab)
+    return c
+
+def _psi_counts(ce:np.ndarray, ca:np.ndarray, eps:float=1e-4) -> float:
+    "PSI from the counts per bin of the reference (`ce`) and the window (`ca`)."
+    k = len(ce)
+    pe, pa = (ce / ce.sum() + eps) / (1 + eps * k), (ca / ca.sum() + eps) / (1 + eps * k)
+    return float(np.sum((pa - pe) * np.log(pa / pe)))
+
+# %% ../nbs/10_monitor.ipynb #1229baa8
 def psi(expected, # reference sample of one feature
         actual, # sample to compare
         bins:int=10, # quantile bins of `expected` (numeric features)
@@ -230,18 +248,6 @@ def psi(expected, # reference sample of one feature
         raise MonitorError(f'psi needs values in both samples; got {len(e)} expected and {len(a)} actual')
     vocab = pd.Index(e.unique())
     return _psi_counts(*(np.bincount(_codes(vocab, x), minlength=len(vocab) + 1) for x in (e, a)), eps)
-
-def _codes(vocab:pd.Index, values) -> np.ndarray:
-    "Index of each value in `vocab`; values not in it share the last code, `len(vocab)`."
-    c = vocab.get_indexer(pd.Index(values))
-    c[c < 0] = len(vocab)
-    return c
-
-def _psi_counts(ce:np.ndarray, ca:np.ndarray, eps:float=1e-4) -> float:
-    "PSI from the counts per bin of the reference (`ce`) and the window (`ca`)."
-    k = len(ce)
-    pe, pa = (ce / ce.sum() + eps) / (1 + eps * k), (ca / ca.sum() + eps) / (1 + eps * k)
-    return float(np.sum((pa - pe) * np.log(pa / pe)))
 
 # %% ../nbs/10_monitor.ipynb #e043d55c
 @dataclass
@@ -423,6 +429,7 @@ def _ap(y:np.ndarray, s:np.ndarray) -> float:
     prec = tp / (last + 1)
     return float(np.sum(np.diff(np.r_[0, tp]) * prec) / y.sum())
 
+# %% ../nbs/10_monitor.ipynb #700cb9a3
 def _day_metrics(d:pd.DataFrame, known:np.ndarray, prefix:str='') -> dict:
     y, f, s = d.is_fraud.to_numpy(bool)[known], d._flag.to_numpy()[known], d.score.to_numpy(float)[known]
     tp, pos, flagged = int((y & f).sum()), int(y.sum()), int(f.sum())
@@ -431,6 +438,11 @@ def _day_metrics(d:pd.DataFrame, known:np.ndarray, prefix:str='') -> dict:
             f'{prefix}auprc': _ap(y, s)}
 
 # %% ../nbs/10_monitor.ipynb #758b8844
+def _utc_series(s:pd.Series) -> pd.Series:
+    s = pd.to_datetime(s, utc=True) if not isinstance(s.dtype, pd.DatetimeTZDtype) else s
+    return s.dt.tz_convert('UTC')
+
+# %% ../nbs/10_monitor.ipynb #8b88690a
 def performance_by_day(predictions:pd.DataFrame|PredictionLog, # scored: `key`, `ts`, `score` (and `decision`)
                        labels:pd.DataFrame|None, # `key`, `is_fraud`, `available_at`; None: in `predictions`
                        as_of=None, # the moment of the evaluation (default: every label counts)
@@ -459,10 +471,6 @@ def performance_by_day(predictions:pd.DataFrame|PredictionLog, # scored: `key`, 
     if len(out): out.insert(3, 'share_labelled', out.labelled / out.n)
     return out
 
-def _utc_series(s:pd.Series) -> pd.Series:
-    s = pd.to_datetime(s, utc=True) if not isinstance(s.dtype, pd.DatetimeTZDtype) else s
-    return s.dt.tz_convert('UTC')
-
 # %% ../nbs/10_monitor.ipynb #3bf58532
 # `perf` with pooled counts, `p_value` and `alarm`
 def concept_drift(perf:pd.DataFrame, # `performance_by_day` output
@@ -488,6 +496,10 @@ def _scrape(text:str) -> dict:
                 for fam in text_string_to_metric_families(text) for s in fam.samples}
     except Exception as e: raise MonitorError(f'metrics text is not in the Prometheus text format: {e}') from None
 
+def _total(s:dict, name:str, **match) -> float:
+    return sum(v for (n, lab), v in s.items() if n == name and all(dict(lab).get(k) == w for k, w in match.items()))
+
+# %% ../nbs/10_monitor.ipynb #bdc9432e
 def _quantile(q:float, buckets:list[tuple[float, float]]) -> float|None:
     "Prometheus-style quantile from cumulative `(upper bound, count)` buckets (linear inside a bucket)."
     buckets = sorted(buckets)
@@ -500,9 +512,6 @@ def _quantile(q:float, buckets:list[tuple[float, float]]) -> float|None:
             return lo + (le - lo) * ((rank - below) / (c - below) if c > below else 1.0)
         lo, below = le, c
     return lo
-
-def _total(s:dict, name:str, **match) -> float:
-    return sum(v for (n, lab), v in s.items() if n == name and all(dict(lab).get(k) == w for k, w in match.items()))
 
 # %% ../nbs/10_monitor.ipynb #7b547760
 def system_metrics(text:str, # the server's `/metrics` response
@@ -532,6 +541,7 @@ def system_metrics(text:str, # the server's `/metrics` response
 def _md_table(df:pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt='.4g') if len(df) else '_none_'
 
+# %% ../nbs/10_monitor.ipynb #eb28e4ba
 def _plot_png(drift:DriftResult, timeline:pd.DataFrame|None) -> bytes:
     from matplotlib.figure import Figure   # no pyplot: no global state, safe in a job or a thread
     fig = Figure(figsize=(8, 6 if timeline is not None else 3.2))

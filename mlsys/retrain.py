@@ -11,13 +11,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
 import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import average_precision_score
-
 from .config import Workspace, validated
 
 # %% auto #0
@@ -30,6 +28,11 @@ __all__ = ['signals', 'retrain_config', 'PolicyError', 'Signals', 'Decision', 'P
 class PolicyError(ValueError):
     "A trigger policy or a day's signals that cannot be used; the message names the field, the value and the rule."
 
+def _need(ok:bool, where:str|None, name:str, value, rule:str, error:type[Exception]=PolicyError):
+    "Raise `error` naming `where` (if given), the argument, its value and the `rule` it breaks, unless `ok`."
+    if not ok: raise error(f"{f'{where}: ' if where else ''}{name}={value!r}: {rule}")
+
+# %% ../nbs/11_retrain.ipynb #4958e309
 class Signals(BaseModel):
     "What is known at the end of one day: drift flags and score, and performance on the labels that have arrived."
     model_config = ConfigDict(extra='forbid', frozen=True)
@@ -41,9 +44,9 @@ class Signals(BaseModel):
     performance: float|None = Field(None, ge=0, le=1, allow_inf_nan=False, description='AUPRC or recall on the labels '
                                                                                        'known so far')
     n_labelled_pos: int = Field(0, ge=0, description='labelled positives behind `performance`')
-
 signals = validated(Signals, PolicyError, 'invalid signals')
 
+# %% ../nbs/11_retrain.ipynb #0f2693d5
 @dataclass
 class Decision:
     "Whether to retrain on `day`, the reasons of every trigger that fired, and those a cooldown held back."
@@ -53,10 +56,6 @@ class Decision:
     suppressed: list[str] = field(default_factory=list)
 
 # %% ../nbs/11_retrain.ipynb #0d5ed0de
-def _need(ok:bool, where:str|None, name:str, value, rule:str, error:type[Exception]=PolicyError):
-    "Raise `error` naming `where` (if given), the argument, its value and the `rule` it breaks, unless `ok`."
-    if not ok: raise error(f"{f'{where}: ' if where else ''}{name}={value!r}: {rule}")
-
 def _as_signals(day:int, s) -> Signals:
     "`s` as a `Signals` record for `day` (a dict gets the day filled in)."
     if isinstance(s, Signals): rec = s
@@ -65,6 +64,7 @@ def _as_signals(day:int, s) -> Signals:
     if rec.day != day: raise PolicyError(f'signals.day={rec.day}: must equal the day decided, {day}')
     return rec
 
+# %% ../nbs/11_retrain.ipynb #e48cd43d
 class Policy:
     "Decides once per day whether to retrain; `last` is the day of the last retrain (at first, the training day)."
     def __init__(self, trained_day:int=0): # the day the model in service was trained
@@ -86,12 +86,15 @@ class Policy:
         self.log.append(d)
         return d
 
-    def fired(self) -> list[int]:
-        "The days this policy decided to retrain."
-        return [d.day for d in self.log if d.retrain]
+# %% ../nbs/11_retrain.ipynb #f67d0021
+@patch
+def fired(self:Policy) -> list[int]:
+    "The days this policy decided to retrain."
+    return [d.day for d in self.log if d.retrain]
 
-    def __repr__(self):
-        return f'{type(self).__name__}(last={self.last}, {len(self.fired())} retrains in {len(self.log)} days)'
+@patch
+def __repr__(self:Policy):
+    return f'{type(self).__name__}(last={self.last}, {len(self.fired())} retrains in {len(self.log)} days)'
 
 # %% ../nbs/11_retrain.ipynb #614ba2f8
 class NoRetrain(Policy):
@@ -105,7 +108,6 @@ class Schedule(Policy):
               'must be an integer >= 1')
         super().__init__(trained_day)
         self.every_days = every_days
-
     def _check(self, day, s):
         since = day - self.last
         if since < self.every_days: return [], []
@@ -316,6 +318,7 @@ def production_state(reg, name:str) -> dict|None:
     except NotFound: return None
     return {'version': int(row['version']), 'files': checksums(row['path'])}
 
+# %% ../nbs/11_retrain.ipynb #65926f2f
 def retrain_recipe(reg, name:str, cfg:RetrainConfig, prod_version:int|None) -> tuple[dict, str]:
     "A retrain's recipe and its source: `cfg.params`, else production's (from its lineage), else `RECIPE`."
     from mlsys.train import RECIPE, recipe_params
@@ -328,6 +331,7 @@ def retrain_recipe(reg, name:str, cfg:RetrainConfig, prod_version:int|None) -> t
     else: p, source = {}, 'defaults: no production version'
     return recipe_params({**p, **({'batch_size': cfg.batch_size} if cfg.batch_size else {})}), source
 
+# %% ../nbs/11_retrain.ipynb #dcaba5b3
 def _rebuild_params(name:str, as_of:pd.Timestamp, cfg:RetrainConfig, params:dict) -> dict:
     "The retrain job's parameters that reproduce this retrain."
     keep = ('train_days', 'val_days', 'test_days', 'split', 'epochs', 'seed')
@@ -360,6 +364,7 @@ def _judge(reg, name:str, cfg:RetrainConfig, before:dict|None, test:pd.DataFrame
     if cfg.budget_ms_p99 is not None: gates.append(gate_latency(model, pre, test, cfg.budget_ms_p99, cfg.latency_n))
     return [_gate_dict(g) for g in gates], cand, prod
 
+# %% ../nbs/11_retrain.ipynb #56a15034
 def _ship(reg, name:str, version:int, as_of:pd.Timestamp, cfg:RetrainConfig, rec:dict, features:pd.DataFrame,
           crash_at:str|None):
     "Stage `version`, canary it on the newest traffic, then promote it, or archive it with the reason."
@@ -458,6 +463,7 @@ def read_signals(ws:Workspace, day:str|None=None) -> dict: # the signals the mon
         raise FileNotFoundError(f'day={day!r}: no signals at {path}; the monitor job wrote {[p.stem for p in found]}')
     return json.loads(path.read_text())
 
+# %% ../nbs/11_retrain.ipynb #27b72b53
 def retrain_on_signals(ws:Workspace|str|Path, # a workspace with a production model and the monitor job's signals
                        name:str='fraud', day:str|None=None, # the model, and the signals' day (default the newest)
                        schedule_days:int=7, cooldown_days:int=3, # the hybrid policy's schedule and cooldown
@@ -545,14 +551,17 @@ class OnlineModel:
         self.rng, self.version, self.snapshots, self.log, self.quarantine = np.random.default_rng(seed), 0, {}, [], []
         self._holdout, self._rates = deque(maxlen=holdout_days), deque(maxlen=history_days)
 
-    def features(self, frame:pd.DataFrame) -> np.ndarray:
-        "The design matrix: standardised numeric features and one-hot categorical ones."
-        num, cat = (t.numpy() for t in self.pre.transform(frame))
-        return np.hstack([num, *(np.eye(c, dtype=np.float32)[cat[:, i]] for i, c in enumerate(self.pre.cardinalities))])
+# %% ../nbs/11_retrain.ipynb #ff94df54
+@patch
+def features(self:OnlineModel, frame:pd.DataFrame) -> np.ndarray:
+    "The design matrix: standardised numeric features and one-hot categorical ones."
+    num, cat = (t.numpy() for t in self.pre.transform(frame))
+    return np.hstack([num, *(np.eye(c, dtype=np.float32)[cat[:, i]] for i, c in enumerate(self.pre.cardinalities))])
 
-    def predict(self, frame:pd.DataFrame) -> np.ndarray:
-        "Fraud probability of each row of `frame` by the version in service."
-        return self.clf.predict_proba(self.features(frame))[:, 1]
+@patch
+def predict(self:OnlineModel, frame:pd.DataFrame) -> np.ndarray:
+    "Fraud probability of each row of `frame` by the version in service."
+    return self.clf.predict_proba(self.features(frame))[:, 1]
 
 # %% ../nbs/11_retrain.ipynb #19c8be0b
 @patch
@@ -573,6 +582,7 @@ def fit(self:OnlineModel,
     self.snapshots[0] = copy.deepcopy(self.clf)
     return self
 
+# %% ../nbs/11_retrain.ipynb #845bd780
 @patch
 def holdout_auprc(self:OnlineModel) -> float|None:
     "AUPRC of the version in service on the held-out labels of the recent accepted days (None without both classes)."
@@ -614,6 +624,7 @@ def update(self:OnlineModel, day:int, frame:pd.DataFrame) -> dict:
     self.log.append(rec)
     return rec
 
+# %% ../nbs/11_retrain.ipynb #42c51057
 def blend(batch, online, # probabilities of the batch and the online model for the same rows
           weight:float=0.5, # the online model's share
          ) -> np.ndarray:

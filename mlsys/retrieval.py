@@ -47,6 +47,7 @@ def exact_search(vectors:np.ndarray, # (n, dim) item vectors
         out[lo:lo + batch] = np.take_along_axis(top, order, axis=1)
     return out
 
+# %% ../nbs/12_retrieval.ipynb #f6d1c52d
 def recall_at_k(found, # per query, the positions (or ids) an index returned
                 truth, # per query, the exact ones
                 k:int=10) -> float:
@@ -66,32 +67,36 @@ class ItemIndex:
     meta: dict               # dim, metric, n_items, n_trees, items_hash, build_seconds
     path: Path|None = None   # the folder it was saved to or loaded from
 
-    @classmethod
-    def build(cls, item_ids, vectors, n_trees:int=25, metric:str='angular', seed:int=0) -> ItemIndex:
-        "Build a forest of `n_trees` trees over `vectors`, whose rows belong to `item_ids`."
-        vectors = np.ascontiguousarray(vectors, dtype='float32')
-        item_ids = np.asarray(item_ids, dtype='int64')
-        if len(item_ids) != len(vectors): raise ValueError(f'{len(item_ids)} item ids for {len(vectors)} vectors')
-        ann = AnnoyIndex(vectors.shape[1], metric)
-        ann.set_seed(seed)
-        for i, v in enumerate(vectors): ann.add_item(i, v)
-        t0 = time.perf_counter()
-        ann.build(n_trees, n_jobs=1)
-        meta = {'dim': int(vectors.shape[1]), 'metric': metric, 'n_items': len(item_ids), 'n_trees': n_trees,
-                'items_hash': _items_hash(item_ids), 'build_seconds': round(time.perf_counter() - t0, 3)}
-        return cls(ann, item_ids, vectors, meta)
-
     def __len__(self): return len(self.item_ids)
     def __repr__(self): return f"ItemIndex({len(self):,} items, dim {self.meta['dim']}, {self.meta['n_trees']} trees)"
 
-    def positions(self, query, k:int=10, search_k:int=-1) -> list[int]:
-        "Row positions of the `k` nearest items; annoy inspects `search_k` nodes (-1: its default, `n_trees * k`)."
-        return self.ann.get_nns_by_vector(query, k, search_k=search_k)
+# %% ../nbs/12_retrieval.ipynb #a4e4bb28
+@patch(cls_method=True)
+def build(cls:ItemIndex, item_ids, vectors, n_trees:int=25, metric:str='angular', seed:int=0) -> ItemIndex:
+    "Build a forest of `n_trees` trees over `vectors`, whose rows belong to `item_ids`."
+    vectors = np.ascontiguousarray(vectors, dtype='float32')
+    item_ids = np.asarray(item_ids, dtype='int64')
+    if len(item_ids) != len(vectors): raise ValueError(f'{len(item_ids)} item ids for {len(vectors)} vectors')
+    ann = AnnoyIndex(vectors.shape[1], metric)
+    ann.set_seed(seed)
+    for i, v in enumerate(vectors): ann.add_item(i, v)
+    t0 = time.perf_counter()
+    ann.build(n_trees, n_jobs=1)
+    meta = {'dim': int(vectors.shape[1]), 'metric': metric, 'n_items': len(item_ids), 'n_trees': n_trees,
+            'items_hash': _items_hash(item_ids), 'build_seconds': round(time.perf_counter() - t0, 3)}
+    return cls(ann, item_ids, vectors, meta)
 
-    def search(self, query, k:int=10, search_k:int=-1, allowed:np.ndarray|None=None) -> np.ndarray:
-        "Ids of the `k` nearest items to `query`; `allowed`: a boolean mask over positions (a filter)."
-        if allowed is None: return self.item_ids[self.positions(query, k, search_k)]
-        return self.item_ids[_filtered(self, query, k, search_k, allowed)]
+# %% ../nbs/12_retrieval.ipynb #c6bbf8ee
+@patch
+def positions(self:ItemIndex, query, k:int=10, search_k:int=-1) -> list[int]:
+    "Row positions of the `k` nearest items; annoy inspects `search_k` nodes (-1: its default, `n_trees * k`)."
+    return self.ann.get_nns_by_vector(query, k, search_k=search_k)
+
+@patch
+def search(self:ItemIndex, query, k:int=10, search_k:int=-1, allowed:np.ndarray|None=None) -> np.ndarray:
+    "Ids of the `k` nearest items to `query`; `allowed`: a boolean mask over positions (a filter)."
+    if allowed is None: return self.item_ids[self.positions(query, k, search_k)]
+    return self.item_ids[_filtered(self, query, k, search_k, allowed)]
 
 # %% ../nbs/12_retrieval.ipynb #3dff9c27
 @patch
@@ -127,6 +132,7 @@ def _check_items(folder, meta, item_ids):
                         f"{len(extra):,} index items not in the catalogue (e.g. {extra[:3].tolist()})"
                         + ('' if len(missing) or len(extra) else '; same items in another order'))
 
+# %% ../nbs/12_retrieval.ipynb #3c72e2ec
 @patch(cls_method=True)
 def load(cls:ItemIndex, folder, dim:int|None=None, # the embedding dimension the model produces
          item_ids=None, # the catalogue's item ids, in index order
@@ -145,6 +151,7 @@ def load(cls:ItemIndex, folder, dim:int|None=None, # the embedding dimension the
                             f"meta.json says {meta['n_items']:,}")
     return cls(ann, np.load(folder/'item_ids.npy'), np.load(folder/'vectors.npy', mmap_mode='r'), meta, folder)
 
+# %% ../nbs/12_retrieval.ipynb #1c54fc5d
 @patch
 def memory(self:ItemIndex) -> dict:
     "Bytes on disk (and mapped) of the saved forest and of the float32 vectors beside it."
@@ -258,6 +265,7 @@ def _scores(vectors, query, metric) -> np.ndarray:
     if metric == 'euclidean': return -((vectors - query) ** 2).sum(axis=1)
     return vectors @ query
 
+# %% ../nbs/12_retrieval.ipynb #20e45455
 FILTER_EXACT_BELOW = 2_000    # a filter that leaves this many items or fewer is answered by exact search over them
 
 def _filtered(index:ItemIndex, query, k:int, search_k:int, allowed:np.ndarray) -> np.ndarray:
@@ -273,8 +281,7 @@ def _filtered(index:ItemIndex, query, k:int, search_k:int, allowed:np.ndarray) -
         found = found[allowed[found]][:k]
         if len(found) == min(k, len(keep)): return found
     scores = _scores(np.asarray(index.vectors[keep]), np.asarray(query, dtype='float32'), index.meta['metric'])
-    top = np.argsort(-scores, kind='stable')[:k]
-    return keep[top]
+    return keep[np.argsort(-scores, kind='stable')[:k]]
 
 # %% ../nbs/12_retrieval.ipynb #dbf0dc63
 def publish(index:ItemIndex, root, keep:int=3) -> Path:
@@ -309,6 +316,7 @@ def _bench_rows(vectors, queries, truth, quick) -> pd.DataFrame:
     rows['build_s'] = rows.method.map({'annoy': annoy.meta['build_seconds']})
     return rows
 
+# %% ../nbs/12_retrieval.ipynb #1e40a849
 def _ratios(rows:pd.DataFrame) -> dict:
     "The serving setting's recall and speedup, and those of the fastest setting of any library with recall >= 0.95."
     serve = rows[(rows.method == 'annoy') & (rows.search_k == SERVING['search_k'])].iloc[0]

@@ -108,6 +108,7 @@ class ServedModel:
     @property
     def label(self) -> str: return f'{self.name}:{self.version}'
 
+# %% ../nbs/08_serve.ipynb #e57d4298
 def load_served(reg, name:str, ref:int|str='production') -> ServedModel:
     "Load `name:ref` from registry `reg` (checksums verified) as a `ServedModel`."
     model, pre, row = reg.load(name, ref)
@@ -175,20 +176,24 @@ class OnlineFeatures:
         return [{'user_id': i.user_id, 'merchant_id': i.merchant_id, 'device_id': i.device_id, 'amount': i.amount,
                  'request_ts': now if i.request_ts is None else i.request_ts} for i in instances]
 
-    def fetch(self, instances:Sequence[EntityInstance]) -> list[dict]:
-        "One Feast online read for all `instances`; a feature dictionary per instance."
-        d = self.store.get_online_features(features=self.refs, entity_rows=self._rows(instances)).to_dict()
-        for v in self._velocity: d[v] = [0 if x is None else x for x in d[v]]
-        return [dict(zip(self.names, vals)) for vals in zip(*(d[n] for n in self.names))]
+# %% ../nbs/08_serve.ipynb #14ca6be2
+@patch
+def fetch(self:OnlineFeatures, instances:Sequence[EntityInstance]) -> list[dict]:
+    "One Feast online read for all `instances`; a feature dictionary per instance."
+    d = self.store.get_online_features(features=self.refs, entity_rows=self._rows(instances)).to_dict()
+    for v in self._velocity: d[v] = [0 if x is None else x for x in d[v]]
+    return [dict(zip(self.names, vals)) for vals in zip(*(d[n] for n in self.names))]
 
-    def fallback(self, instances:Sequence[EntityInstance]) -> list[dict]:
-        "Batch defaults: stored features missing (the preprocessor fills them), counters 0, request features storeless."
-        rows, unknown = self._rows(instances), [None] * len(instances)
-        ctx = self._context({'amount': [r['amount'] for r in rows], 'request_ts': [r['request_ts'] for r in rows],
-                             'user_avg_amount_30d': unknown, 'user_tx_count_90d': unknown, 'timezone': unknown})
-        missing, counters = {n: None for n in self.names}, {v: 0 for v in self._velocity}
-        return [{**missing, **counters, 'amount_to_avg_30d': a, 'local_hour': h}
-                for a, h in zip(ctx['amount_to_avg_30d'], ctx['local_hour'])]
+# %% ../nbs/08_serve.ipynb #35766c6b
+@patch
+def fallback(self:OnlineFeatures, instances:Sequence[EntityInstance]) -> list[dict]:
+    "Batch defaults: stored features missing (the preprocessor fills them), counters 0, request features storeless."
+    rows, unknown = self._rows(instances), [None] * len(instances)
+    ctx = self._context({'amount': [r['amount'] for r in rows], 'request_ts': [r['request_ts'] for r in rows],
+                         'user_avg_amount_30d': unknown, 'user_tx_count_90d': unknown, 'timezone': unknown})
+    missing, counters = {n: None for n in self.names}, {v: 0 for v in self._velocity}
+    return [{**missing, **counters, 'amount_to_avg_30d': a, 'local_hour': h}
+            for a, h in zip(ctx['amount_to_avg_30d'], ctx['local_hour'])]
 
 # %% ../nbs/08_serve.ipynb #38e9f01b
 class Overloaded(RuntimeError):
@@ -245,6 +250,7 @@ async def _next_batch(self:Batcher) -> list:
         timer.cancel()
     return [self.queue.popleft() for _ in range(min(len(self.queue), self.max_batch_size))]
 
+# %% ../nbs/08_serve.ipynb #bca2c8d4
 @patch
 async def _loop(self:Batcher):
     while True:
@@ -272,6 +278,7 @@ class RulesOnly(ServedModel):
             return max(0.02, 0.9 * burst, 0.6 * shared, 0.55 * unusual)
         return np.array([score(r) for r in rows], float)
 
+# %% ../nbs/08_serve.ipynb #a08ade7c
 def load_chain(reg, name:str, ref:int|str='production') -> tuple[list[ServedModel], list[str]]:
     "Models to answer with, best first (`name:ref`, else the newest older version that loads; rules), and load errors."
     from mlsys.registry import RegistryError
@@ -367,7 +374,6 @@ class ModelChain:
         for e in self.load_errors: metrics.log.error('model load failed: %s', e)
         try: want = reg.get(name, ref)['version']
         except Exception: want = None
-        # marks every answer while the version asked for is not the one serving
         self.reason = None if want is not None and self.first.version == want else 'model_fallback'
 
     @property
@@ -386,6 +392,7 @@ def schema(self:ModelChain) -> dict:
     from mlsys.train import CATEGORICAL, numeric_features
     return {'inputs': {'numeric': numeric_features(), 'categorical': CATEGORICAL}}
 
+# %% ../nbs/08_serve.ipynb #20765f2c
 @patch
 def score(self:ModelChain, rows:list[dict]) -> tuple[np.ndarray, ServedModel, str|None]:
     "Scores from the first model that runs, that model, and `model_error` when it was not the first."
@@ -462,6 +469,7 @@ def configure(self:ChallengerRouting, **changes) -> dict:
     self.challenger, self.guard = challenger, Guard(new)
     return new.model_dump()
 
+# %% ../nbs/08_serve.ipynb #1dedd372
 @patch
 def switch(self:ChallengerRouting, reason:str|None=None):
     "Blue-green: the other colour takes all traffic."
@@ -472,6 +480,15 @@ def rollback(self:ChallengerRouting, reason:str|None=None):
     "Send all traffic back to the champion and drop the challenger."
     self.router.rollback(reason or 'rollback by an operator')
     self.challenger = None
+
+# %% ../nbs/08_serve.ipynb #29faf143
+@patch
+def _shadow_log(self:ChallengerRouting, items, champion, challenger):
+    version = self.challenger.label
+    line = lambda x, a, b: json.dumps({'request_id': x.request_id, 'champion': round(float(a), 6),
+                                       'challenger': round(float(b), 6), 'challenger_version': version}) + '\n'
+    lines = ''.join(line(x, a, b) for x, a, b in zip(items, champion, challenger))
+    with open(self.ws.monitoring/'shadow.jsonl', 'a') as f: f.write(lines)
 
 # %% ../nbs/08_serve.ipynb #dc82ef2f
 @patch
@@ -498,14 +515,6 @@ def apply(self:ChallengerRouting, items:list, rows:list[dict], scores:np.ndarray
         self.metrics.error('rollback')
         self.metrics.log.warning('automatic rollback of %s: %s', challenger.label, '; '.join(reasons))
         self.challenger = None
-
-@patch
-def _shadow_log(self:ChallengerRouting, items, champion, challenger):
-    version = self.challenger.label
-    line = lambda x, a, b: json.dumps({'request_id': x.request_id, 'champion': round(float(a), 6),
-                                       'challenger': round(float(b), 6), 'challenger_version': version}) + '\n'
-    lines = ''.join(line(x, a, b) for x, a, b in zip(items, champion, challenger))
-    with open(self.ws.monitoring/'shadow.jsonl', 'a') as f: f.write(lines)
 
 # %% ../nbs/08_serve.ipynb #5285c5e6
 class Predictor:
@@ -597,6 +606,13 @@ async def _features(self:FraudPredictor, inst:list) -> tuple[list[dict], str|Non
     self.metrics.m['degraded'].labels(reason).inc(len(inst))
     return self.features.fallback(inst), reason
 
+# %% ../nbs/08_serve.ipynb #420cd27c
+@patch
+def _count(self:FraudPredictor, labels, decisions, n:int):
+    counter = self.metrics.m['predictions']
+    for (label, decision), k in Counter(zip(labels, decisions)).items(): counter.labels(label, decision).inc(k)
+    if self.chain.reason: self.metrics.m['degraded'].labels(self.chain.reason).inc(n)
+
 # %% ../nbs/08_serve.ipynb #28073a66
 @patch
 async def predict(self:FraudPredictor, items:list) -> list[dict]:
@@ -624,12 +640,6 @@ async def predict(self:FraudPredictor, items:list) -> list[dict]:
            for s, d, lab, w, x in zip(scores.round(6).tolist(), decisions.tolist(), labels.tolist(), why, items)]
     if self.plog is not None: self.plog.add(items, rows, out)
     return out
-
-@patch
-def _count(self:FraudPredictor, labels, decisions, n:int):
-    counter = self.metrics.m['predictions']
-    for (label, decision), k in Counter(zip(labels, decisions)).items(): counter.labels(label, decision).inc(k)
-    if self.chain.reason: self.metrics.m['degraded'].labels(self.chain.reason).inc(n)
 
 # %% ../nbs/08_serve.ipynb #f2ca7369
 @patch

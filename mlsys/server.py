@@ -24,7 +24,6 @@ __all__ = ['admin_token', 'ServeContext', 'create_app', 'serve', 'free_port', 'S
 
 # %% ../nbs/08b_server.ipynb #f15fd50c
 class _TooLarge(Exception): pass
-
 async def _read_body(request, limit:int) -> bytes:
     "The request body; `_TooLarge` past `limit` bytes (a body declared larger is dropped unread, up to 8x drained)."
     n = request.headers.get('content-length')
@@ -110,17 +109,14 @@ def _operations_routes(app):
     "Health, readiness, metrics and the models being served."
     @app.get('/health/live')
     async def live(): return {'status': 'alive'}
-
     @app.get('/health/ready', responses={503: {'description': 'not ready'}})
     async def ready():
         ok = app.state.ready and all(p.ready for p in app.state.predictors.values())
         return Response(app.state.dumps({'ready': bool(ok)}), 200 if ok else 503, media_type='application/json')
-
     @app.get('/metrics')
     async def metrics():
         from prometheus_client import CONTENT_TYPE_LATEST
         return Response(app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
-
     @app.get('/models')
     async def models(): return app.state.predictors['/predict'].info()
 
@@ -267,6 +263,7 @@ def free_port() -> int:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
 
+# %% ../nbs/08b_server.ipynb #b8d68e2e
 @dataclass
 class ServerProcess:
     "A `mlsys serve` subprocess: its port, process and log file."

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 import lightning as L
+from fastcore.basics import patch
 from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from .config import Workspace, atomic_write, frame_hash, get_logger, stable_hash, write_json
@@ -65,6 +66,7 @@ def holdout_panel(user_id:pd.Series) -> np.ndarray:
     val, test = HOLDOUT_SHARES
     return np.where(h < test, 2, np.where(h < test + val, 1, 0))
 
+# %% ../nbs/04_train.ipynb #7038548b
 def user_split(df:pd.DataFrame, key:str='user_id',
                label:str='is_fraud') -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "Train, validation and test frames of `df`, split by the fixed user panels of `holdout_panel` (every day in each)."
@@ -99,22 +101,6 @@ class Preprocessor:
                       'categorical': {c: sorted(map(str, df[c].dropna().unique())) for c in self.categorical}}
         return self
 
-    def transform(self, df:pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        "Numeric tensor (float32) and categorical index tensor (int64) for `df`."
-        if not self.state: raise TrainingDataError('the preprocessor is not fitted')
-        missing = [c for c in [*self.numeric, *self.categorical] if c not in df]
-        if missing: raise TrainingDataError(f'feature(s) {missing} missing from the frame')
-        cols = []
-        for c, s in self.state['numeric'].items():
-            x = pd.to_numeric(df[c], errors='coerce').astype(float).fillna(s['fill'])
-            cols.append(((np.log1p(x.clip(lower=0)) if s['log'] else x) - s['mean']) / s['std'])
-        num = np.column_stack(cols).astype(np.float32) if cols else np.zeros((len(df), 0), np.float32)
-        bad = [c for c, ok in zip(self.numeric, np.isfinite(num).all(axis=0)) if not ok]
-        if bad: raise TrainingDataError(f'NaN or infinite values after preprocessing in {bad}')
-        cat = [pd.Categorical(df[c].astype(str), categories=v).codes + 1 for c, v in self.state['categorical'].items()]
-        cat = np.column_stack(cat).astype(np.int64) if cat else np.zeros((len(df), 0), np.int64)
-        return torch.from_numpy(num), torch.from_numpy(cat)
-
     @property
     def cardinalities(self) -> list[int]: return [len(v) + 1 for v in self.state['categorical'].values()]
     def save(self, path:str|Path) -> Path:
@@ -122,6 +108,24 @@ class Preprocessor:
         return atomic_write(path, json.dumps(spec, indent=1))
     @staticmethod
     def load(path:str|Path) -> Preprocessor: return Preprocessor(**json.loads(Path(path).read_text()))
+
+# %% ../nbs/04_train.ipynb #0f40e65e
+@patch
+def transform(self:Preprocessor, df:pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+    "Numeric tensor (float32) and categorical index tensor (int64) for `df`."
+    if not self.state: raise TrainingDataError('the preprocessor is not fitted')
+    missing = [c for c in [*self.numeric, *self.categorical] if c not in df]
+    if missing: raise TrainingDataError(f'feature(s) {missing} missing from the frame')
+    cols = []
+    for c, s in self.state['numeric'].items():
+        x = pd.to_numeric(df[c], errors='coerce').astype(float).fillna(s['fill'])
+        cols.append(((np.log1p(x.clip(lower=0)) if s['log'] else x) - s['mean']) / s['std'])
+    num = np.column_stack(cols).astype(np.float32) if cols else np.zeros((len(df), 0), np.float32)
+    bad = [c for c, ok in zip(self.numeric, np.isfinite(num).all(axis=0)) if not ok]
+    if bad: raise TrainingDataError(f'NaN or infinite values after preprocessing in {bad}')
+    cat = [pd.Categorical(df[c].astype(str), categories=v).codes + 1 for c, v in self.state['categorical'].items()]
+    cat = np.column_stack(cat).astype(np.int64) if cat else np.zeros((len(df), 0), np.int64)
+    return torch.from_numpy(num), torch.from_numpy(cat)
 
 # %% ../nbs/04_train.ipynb #46300938
 class EpochShuffle(torch.utils.data.Sampler):
@@ -257,6 +261,7 @@ def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_
                      enable_progress_bar=progress, enable_model_summary=False, enable_checkpointing=bool(ckpt_dir),
                      plugins=[_atomic_checkpoint_io()] if ckpt_dir else None, default_root_dir=ckpt_dir, **kwargs)
 
+# %% ../nbs/04_train.ipynb #02c3efd2
 @contextmanager
 def quiet_lightning(level:int=logging.ERROR): # messages below it are dropped
     "Silence Lightning's per-fit messages (loops that call fit many times: retraining, tuning); levels restored after."
@@ -277,6 +282,7 @@ def wandb_logger(save_dir:str|Path, project:str='mlsys', group:str|None=None):
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(project=project, save_dir=str(save_dir), offline=not online, group=group)
 
+# %% ../nbs/04_train.ipynb #e574ca9b
 def log_checkpoint(trainer:L.Trainer, name:str='fraud-mlp'):
     "Log the best checkpoint as a W&B model artifact (stored locally by an offline run, uploaded by `wandb sync`)."
     import wandb
@@ -325,6 +331,7 @@ def check_checkpoint_state(sd:dict, model:nn.Module, path:str|Path):
             + (' ...' if len(diff) > 4 else '')
         )
 
+# %% ../nbs/04_train.ipynb #f1fe2562
 def fit(trainer:L.Trainer, model:L.LightningModule, dm:L.LightningDataModule, resume:bool=True) -> Path|None:
     "Train `model` on `dm`, resuming from the checkpoint folder's `last.ckpt` if any; returns that checkpoint or None."
     cb = trainer.checkpoint_callback
@@ -511,6 +518,7 @@ class _EpochTimer(L.Callback):
         if trainer.strategy.root_device.type == 'cuda': torch.cuda.synchronize()
         self.times.append(time.perf_counter() - self.t0)
 
+# %% ../nbs/04_train.ipynb #262aa76c
 def _time_paths(dm:FraudDataModule, device:str, epochs:int, rounds:int) -> dict:
     "Epoch seconds of the recipe through Lightning and of the same model in the plain loop, interleaved round by round."
     gpu, times = device.startswith('cuda'), {'lightning': [], 'plain pytorch': []}
@@ -561,6 +569,7 @@ def _bench_data(quick:bool) -> pd.DataFrame:
     pit = fast_training_set(store, fraud_entities(read_table(lake, 'transactions')))
     return labelled_set(pit, read_table(lake, 'labels'), pd.Timestamp(read_manifest(lake)['as_of']))
 
+# %% ../nbs/04_train.ipynb #ba7e91ca
 def bench_train(quick:bool=False, device:str='cpu'):
     "Lightning against a plain loop on the same model and tensors; gradient boosting on the same window."
     import statistics
