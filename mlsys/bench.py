@@ -40,7 +40,7 @@ BENCHES: dict[str, Callable] = {}
 # benchmarks that live with their stage, imported when asked for
 BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train',
                  'serve': 'mlsys.bench_serve:bench_serve',
-                 'retrieval': 'mlsys.retrieval:bench_retrieval'}
+                 'retrieval': 'mlsys.recommend:bench_retrieval', 'fraud': 'mlsys.explain:bench_fraud'}
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."

@@ -96,17 +96,28 @@ def _bench_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], list[bytes]]:
     body = lambda instance: orjson.dumps({'instances': [instance]})
     return [body(e.model_dump(exclude_none=True)) for e in ents], [body(v) for v in vec]
 
+def _recommend_bodies(ws:Workspace, n:int=400) -> list[bytes]|None:
+    "`/recommend` bodies for `n` active users of `ws` (one in ten unknown: cold start); None without a recommender."
+    import orjson
+    from mlsys.recommend import active_users, recommend_predictors
+    from mlsys.world import read_table
+    if not recommend_predictors(ws): return None
+    active = active_users(read_table(ws.lake, 'interactions'))[:n]
+    users = [str(u) if i % 10 else f'new-{i}' for i, u in enumerate(active)]
+    return [orjson.dumps({'user_id': u, 'k': 10}) for u in users]
+
 # %% ../nbs/18a_bench_serve.ipynb #681a84e9
 _SERVERS = {'batching off': ['--max-batch-size', '1'], 'batching on': [],   # label: flags of `mlsys serve`
             'batching on, stdlib json': ['--json', 'stdlib'], 'batching on, no prediction log': ['--no-prediction-log']}
 
-def _runs(ents:list[bytes], vecs:list[bytes]) -> list[tuple]:
-    "Each measurement as (label, server, path, bodies, concurrency)."
+def _runs(ents:list[bytes], vecs:list[bytes], recs:list[bytes]|None=None) -> list[tuple]:
+    "Each measurement as (label, server, path, bodies, concurrency); `/recommend` too when `recs` are given."
     runs = [(f'entity c{c}, {b}', b, '/predict', ents, c) for c in (1, 8, 32) for b in ('batching off', 'batching on')]
     vector_runs = [('vector c32, batching on', 'batching on', '/predict'), ('no-op c32', 'batching on', '/noop'),
                    ('vector c32, batching on, stdlib json', 'batching on, stdlib json', '/predict'),
                    ('vector c32, batching on, no prediction log', 'batching on, no prediction log', '/predict')]
-    return runs + [(label, server, path, vecs, 32) for label, server, path in vector_runs]
+    rec_runs = [(f'recommend c32, {b}', b, '/recommend', recs, 32) for b in ('batching off', 'batching on')]
+    return runs + [(label, server, path, vecs, 32) for label, server, path in vector_runs] + (rec_runs if recs else [])
 
 # %% ../nbs/18a_bench_serve.ipynb #2b8d1a7c
 def _summary(got:dict, load:dict) -> tuple[list[dict], dict]:
@@ -120,11 +131,16 @@ def _summary(got:dict, load:dict) -> tuple[list[dict], dict]:
     by_label = {x['label']: x for x in results}
     ratio = lambda a, b, k='rps': round(by_label[a][k] / by_label[b][k], 2)
     on, off, vector = 'entity c32, batching on', 'entity c32, batching off', 'vector c32, batching on'
-    return results, {'batching_speedup_c32': ratio(on, off), 'batching_p99_c32_on_over_off': ratio(on, off, 'p99_ms'),
-                     'predict_over_noop_floor': ratio(vector, 'no-op c32'),
-                     'predict_over_noop_floor_without_log': ratio(f'{vector}, no prediction log', 'no-op c32'),
-                     'orjson_over_stdlib_json': ratio(vector, f'{vector}, stdlib json'),
-                     'load_c64_errors': load['errors']}
+    ratios = {'batching_speedup_c32': ratio(on, off), 'batching_p99_c32_on_over_off': ratio(on, off, 'p99_ms'),
+              'predict_over_noop_floor': ratio(vector, 'no-op c32'),
+              'predict_over_noop_floor_without_log': ratio(f'{vector}, no prediction log', 'no-op c32'),
+              'orjson_over_stdlib_json': ratio(vector, f'{vector}, stdlib json'), 'load_c64_errors': load['errors']}
+    rec_on, rec_off = 'recommend c32, batching on', 'recommend c32, batching off'
+    if rec_on in by_label:   # the workspace serves /recommend too
+        ratios |= {'recommend_p50_ms_c32': by_label[rec_on]['p50_ms'],
+                   'recommend_p99_ms_c32': by_label[rec_on]['p99_ms'],
+                   'recommend_batching_speedup_c32': ratio(rec_on, rec_off)}
+    return results, ratios
 
 # %% ../nbs/18a_bench_serve.ipynb #89826437
 def _take_turns(ports:dict, runs:list[tuple], vecs:list[bytes], rounds:int, n:int, secs:float,
@@ -146,14 +162,16 @@ def bench_serve(quick:bool=False, # two short rounds instead of three
     ws = ws or Workspace()
     _require_model(ws)
     ents, vecs = _bench_bodies(ws)
+    recs = _recommend_bodies(ws)   # None: the workspace has no production recommender, and /recommend is not served
     with ThreadPoolExecutor(len(_SERVERS)) as ex:
         servers = dict(zip(_SERVERS, ex.map(lambda flags: start_server(ws.root, *flags), _SERVERS.values())))
     rounds, n, secs = (2, 300, 5) if quick else (3, 1500, 10)
     floor_secs = 1 if quick else 3   # vectors run for a fixed time: at thousands of requests/s, counts end too soon
     try:
         for s in servers.values(): load_test(s.port, '/predict', ents, 100, 8, secs)   # warm-up
+        if recs: load_test(servers['batching on'].port, '/recommend', recs, 100, 8, secs)
         ports = {label: s.port for label, s in servers.items()}
-        got = _take_turns(ports, _runs(ents, vecs), vecs, rounds, n, secs, floor_secs)
+        got = _take_turns(ports, _runs(ents, vecs, recs), vecs, rounds, n, secs, floor_secs)
         load_n, load_seconds = (3000, 120) if quick else (20_000, 300)
         load = load_test(servers['batching on'].port, '/predict', ents, load_n, 64, load_seconds)
     finally:

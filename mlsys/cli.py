@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse, json, os, platform, sys
 
 from .config import SettingsError, load_settings, package_versions
-from .pipeline import STAGES, UsageError, parse_value, run
+from .pipeline import SCENARIOS, UsageError, parse_value, run
 
 # %% auto #0
 __all__ = ['main']
@@ -30,10 +30,11 @@ def _common() -> argparse.ArgumentParser:
 def _add_run(sub, common):
     "`run` (the pipeline, or a slice of it) and `job` (one job notebook)."
     run_cmd = sub.add_parser('run', parents=[common], help='run the pipeline')
-    run_cmd.add_argument('--scenario', choices=['fraud'])
+    run_cmd.add_argument('--scenario', choices=list(SCENARIOS), help='the running example built (default fraud)')
     run_cmd.add_argument('--scale', choices=['small', 'medium'])
-    run_cmd.add_argument('--from', dest='from_stage', choices=STAGES)
-    run_cmd.add_argument('--to', dest='to_stage', choices=STAGES)
+    every = list(dict.fromkeys(s for stages in SCENARIOS.values() for s in stages))   # the scenario's checked by `run`
+    run_cmd.add_argument('--from', dest='from_stage', choices=every)
+    run_cmd.add_argument('--to', dest='to_stage', choices=every)
     sub.add_parser('job', parents=[common], help='run one job notebook with papermill').add_argument('name')
 
 # %% ../nbs/17_cli.ipynb #1c2219b3
@@ -141,8 +142,9 @@ def _serve(args, settings) -> int:
     name, _, ref = args.model.partition('@')
     if not name: raise UsageError(f'--model {args.model!r}: use NAME@REF, e.g. fraud@production')
     knobs = ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib', 'log_predictions')
-    try: serve(settings.workspace.root, args.host, args.port, model=name, ref=ref or 'production',
-               **{k: getattr(args, k) for k in knobs})
+    from mlsys.recommend import recommend_predictors   # /recommend beside /predict when a recommender is in production
+    try: serve(settings.workspace.root, args.host, args.port, recommend_predictors(settings.workspace), model=name,
+               ref=ref or 'production', **{k: getattr(args, k) for k in knobs})
     except ValidationError as e:
         errors = [f"--{'-'.join(map(str, x['loc'])).replace('_', '-')} {x['input']!r}: {x['msg']}" for x in e.errors()]
         raise UsageError('; '.join(errors)) from e
@@ -162,15 +164,15 @@ def main(argv:list[str]|None=None) -> int:
     "Entry point of the `mlsys` command; returns the exit code."
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config, home=args.workspace, scale=getattr(args, 'scale', None),
-                                 scenario=getattr(args, 'scenario', None))
+        # the scenario goes to `run`, which checks it against `pipeline.SCENARIOS`
+        settings = load_settings(args.config, home=args.workspace, scale=getattr(args, 'scale', None))
         if args.cmd == 'info':
             print(json.dumps(_info(settings), indent=2))
             return 0
         handler = {'bench': _bench, 'registry': _registry, 'serve': _serve}.get(args.cmd)
         if handler: return handler(args, settings)
         params = _params(args.param)
-        if args.cmd == 'run': result = run(settings, params, args.from_stage, args.to_stage)
+        if args.cmd == 'run': result = run(settings, params, args.from_stage, args.to_stage, scenario=args.scenario)
         else: result = run(settings, params, stages=[args.name])
     except UsageError as e:
         print(f'mlsys: error: {e}', file=sys.stderr)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import hashlib, json, logging, os, platform, random, statistics, subprocess, sys, time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # %% auto #0
-__all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'write_json', 'SettingsError', 'Settings',
-           'explain', 'validated', 'load_settings', 'seed_everything', 'measure', 'stable_hash', 'frame_hash',
-           'package_versions', 'lineage', 'model_lineage', 'get_logger', 'progress']
+__all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'write_json', 'atomic_folder', 'SettingsError',
+           'Settings', 'explain', 'validated', 'load_settings', 'seed_everything', 'measure', 'stable_hash',
+           'frame_hash', 'package_versions', 'lineage', 'model_lineage', 'get_logger', 'progress']
 
 # %% ../nbs/00_config.ipynb #85d1b4f4
 WORKSPACE_DIRS = ('lake', 'features', 'models', 'predictions', 'runs', 'tracking', 'monitoring', 'bench')
@@ -55,6 +56,25 @@ def write_json(path:str|Path, obj:Any) -> Path:
     "Atomically write `obj` as indented JSON (dates and paths become strings)."
     return atomic_write(path, json.dumps(obj, indent=2, default=str, sort_keys=False) + '\n')
 
+# %% ../nbs/00_config.ipynb #c26b162d
+@contextmanager
+def atomic_folder(folder:str|Path, # the folder to (re)write
+                  replace:bool=False) -> Iterator[Path]: # swap out an existing folder instead of refusing
+    "Yield a hidden sibling of `folder` to write into; renamed to `folder` when the block succeeds, removed if it fails."
+    import shutil, uuid
+    folder = Path(folder)
+    if folder.exists() and not replace: raise FileExistsError(f'{folder} exists: it is written once, never rewritten')
+    tmp, old = (folder.with_name(f'.{folder.name}.{kind}-{uuid.uuid4().hex[:8]}') for kind in ('tmp', 'old'))
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if folder.exists(): os.replace(folder, old)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
 # %% ../nbs/00_config.ipynb #eeee78ed
 class SettingsError(ValueError):
     "A settings value broke a rule; the message names the key, the value, the rule and where it came from."
@@ -65,7 +85,7 @@ class Settings(BaseModel):
     home: Path = Field(Path('workspace'), description='workspace root (`MLSYS_HOME`)')
     seed: int = Field(42, ge=0, lt=2**32, description='global random seed')
     scale: Literal['small', 'medium'] = Field('small', description='size of the simulated world')
-    scenario: Literal['fraud'] = Field('fraud', description='which running example `mlsys run` builds')
+    scenario: Literal['fraud', 'recsys'] = Field('fraud', description='which running example `mlsys run` builds')
     log_level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR'] = 'INFO'
     progress: Literal['auto', 'bar', 'log', 'off'] = Field('auto', description='progress bars, log lines or nothing')
     accelerator: Literal['auto', 'cpu', 'gpu'] = Field(

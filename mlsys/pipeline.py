@@ -13,12 +13,16 @@ import yaml
 from .config import Settings, Workspace, get_logger, lineage, write_json
 
 # %% auto #0
-__all__ = ['STAGES', 'OPTIONAL', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'jobs_dir', 'job_parameters', 'parse_value',
-           'new_run_dir', 'stage_output', 'stage_dir', 'StageResult', 'select_stages', 'stage_parameters',
-           'check_params', 'RunResult', 'run']
+__all__ = ['STAGES', 'RECSYS_STAGES', 'SCENARIOS', 'OPTIONAL', 'GLOBAL_PARAMS', 'RESERVED', 'UsageError', 'jobs_dir',
+           'job_parameters', 'parse_value', 'new_run_dir', 'stage_output', 'stage_dir', 'StageResult', 'select_stages',
+           'stage_parameters', 'check_params', 'RunResult', 'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
 STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'batch_predict', 'loop')
+# the recommender (13b_recommend): the same lake and feature build, then its own jobs
+RECSYS_STAGES = ('ingest', 'validate', 'features', 'recsys_train', 'recsys_evaluate', 'recsys_register',
+                 'recsys_index', 'recsys_batch')
+SCENARIOS = {'fraud': STAGES, 'recsys': RECSYS_STAGES}   # `mlsys run --scenario NAME`: its stages in order
 OPTIONAL = {'tune': 'tune', 'loop': 'simulate_days'}  # stage -> the -p switch that turns it on
 GLOBAL_PARAMS = ('seed', 'scale', 'fault')  # understood by every run, whichever stages it covers
 RESERVED = {'run_dir': 'the runner', 'workspace': '--workspace'}  # parameters the runner sets itself
@@ -145,9 +149,10 @@ def select_stages(from_stage:str|None=None, to_stage:str|None=None, stages=STAGE
     return list(stages[i:j + 1])
 
 # %% ../nbs/16_pipeline.ipynb #9f654a30
-def stage_parameters(to_stage:str) -> set[str]:
+def stage_parameters(to_stage:str, stages=STAGES) -> set[str]:
     "Parameters that `mlsys run --to to_stage` accepts: those declared by the stages it runs (optional ones left out)."
-    return set().union(*(job_parameters(s) for s in select_stages(to_stage=to_stage) if s not in OPTIONAL))
+    names = select_stages(to_stage=to_stage, stages=stages)
+    return set().union(*(job_parameters(s) for s in names if s not in OPTIONAL))
 
 def check_params(params:dict, declared:dict[str, dict]):
     "Refuse keys of `params` that no selected notebook declares (global keys are always accepted)."
@@ -184,12 +189,15 @@ def _record(run_id, results, settings, params, running:str|None=None) -> dict:
 
 # %% ../nbs/16_pipeline.ipynb #1b10045c
 def run(settings:Settings|None=None, params:dict|None=None, from_stage:str|None=None, to_stage:str|None=None,
-        stages:list[str]|None=None, log=None) -> RunResult:
-    "Run the pipeline's stages (or `stages`) in order; stop at the first failure."
+        stages:list[str]|None=None, log=None, scenario:str|None=None) -> RunResult:
+    "Run the stages of `scenario` (default: the settings') in order, or `stages`; stop at the first failure."
     settings, params, log = settings or Settings(), dict(params or {}), log or get_logger('mlsys.run')
+    scenario = scenario or settings.scenario
+    if scenario not in SCENARIOS: raise UsageError(f'unknown scenario {scenario!r}; scenarios: {", ".join(SCENARIOS)}')
+    settings = settings.model_copy(update={'scenario': scenario})   # run.json's lineage records the scenario run
     switches = {k: bool(params[k]) for k in set(OPTIONAL.values()) & set(params)}
     def wanted(stage): return stage not in OPTIONAL or switches.get(OPTIONAL[stage], False)
-    names = stages or [n for n in select_stages(from_stage, to_stage) if wanted(n)]
+    names = stages or [n for n in select_stages(from_stage, to_stage, SCENARIOS[scenario]) if wanted(n)]
     declared = {n: job_parameters(n) for n in names}
     # a switch reaches the stages that declare it
     params = {k: v for k, v in params.items() if k not in switches or any(k in d for d in declared.values())}

@@ -53,8 +53,8 @@ def _metric_line(k, v) -> str: return f'- {k}: {v:.4f}' if isinstance(v, float) 
 def model_card(name:str, version:int, spec:dict, metrics:dict, gates:list[dict], lineage:dict) -> str:
     "A markdown model card for one version."
     window = lambda k: ' to '.join(spec.get(k, ['?']))
-    lines = [f'# Model card: {name} v{version}', '',
-             f"A `{spec.get('class', '?')}` scoring card transactions for fraud; the output is a probability.",
+    purpose = spec.get('purpose', 'scoring card transactions for fraud; the output is a probability')
+    lines = [f'# Model card: {name} v{version}', '', f"A `{spec.get('class', '?')}` {purpose}.",
              '', '## Inputs', '', f"- numeric: {', '.join(spec.get('numeric', []))}",
              f"- categorical: {', '.join(spec.get('categorical', []))}",
              '', '## Data', '', f"- training window: {window('train_window')}",

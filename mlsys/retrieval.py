@@ -14,7 +14,7 @@ import pandas as pd
 from annoy import AnnoyIndex
 from fastcore.basics import patch
 
-from .config import measure
+from .config import atomic_folder, measure
 from .world import GENRES, latent_factors
 
 # %% auto #0
@@ -103,18 +103,11 @@ def search(self:ItemIndex, query, k:int=10, search_k:int=-1, allowed:np.ndarray|
 def save(self:ItemIndex, folder) -> Path:
     "Write the index into the new folder `folder`: files go to a hidden sibling that is renamed into place."
     folder = Path(folder)
-    if folder.exists(): raise FileExistsError(f'{folder} exists: an index folder is written once (publish anew)')
-    tmp = folder.with_name(f'.{folder.name}.tmp-{uuid.uuid4().hex[:8]}')
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(folder) as tmp:
         np.save(tmp/'vectors.npy', self.vectors)
         np.save(tmp/'item_ids.npy', self.item_ids)
         self.ann.save(str(tmp/'index.ann'))          # annoy then maps the saved file itself
         (tmp/'meta.json').write_text(json.dumps(self.meta, indent=1))
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     self.path = folder
     return folder
 

@@ -245,13 +245,15 @@ def create_app(workspace:str|Path|Workspace|None=None, # the workspace served; d
 def serve(workspace:str|Path|None=None, # the workspace served
           host:str='127.0.0.1', # the address to listen on
           port:int=8000, # the port to listen on
+          predictors:dict[str, Callable[[ServeContext], Predictor]]|None=None, # further routes, as `create_app`'s
           **config): # `ServeConfig` fields
     "Run the server for `workspace` on `host:port` until interrupted."
     import uvicorn
     cfg = ServeConfig(**config)
-    where = f'http://{host}:{port}'
-    print(f'mlsys serve: {cfg.model}:{cfg.ref} on {where} (OpenAPI at /docs, metrics at /metrics)', flush=True)
-    uvicorn.run(create_app(workspace, cfg), host=host, port=port, loop='uvloop', http='httptools', log_level='warning',
+    where, routes = f'http://{host}:{port}', ''.join(f' and {r}' for r in predictors or {})
+    print(f'mlsys serve: {cfg.model}:{cfg.ref}{routes} on {where} (OpenAPI at /docs, metrics at /metrics)', flush=True)
+    app = create_app(workspace, cfg, predictors=predictors)
+    uvicorn.run(app, host=host, port=port, loop='uvloop', http='httptools', log_level='warning',
                 access_log=False, proxy_headers=False, server_header=False, date_header=False,
                 timeout_graceful_shutdown=5)
 

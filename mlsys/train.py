@@ -187,7 +187,7 @@ class TabularClassifier(L.LightningModule):
             width = h
         self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
         self.loss = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
-        self._losses = []
+        self._losses, self.epoch_seconds = [], []   # seconds of each training epoch, read by `mlsys bench train`
         kinds = {'auroc': BinaryAUROC, 'auprc': BinaryAveragePrecision}
         self.metrics = nn.ModuleDict({f'{s}_{m}': cls() for s in ('val', 'test') for m, cls in kinds.items()})
 
@@ -199,8 +199,10 @@ class TabularClassifier(L.LightningModule):
         loss = self.loss(self(num, cat), y)
         self._losses.append(loss.detach())
         return loss
-    def on_train_epoch_start(self): self._losses = []
+    def on_train_epoch_start(self): self._losses, self._epoch_start = [], time.perf_counter()
     def on_train_epoch_end(self):   # one log call per epoch: `self.log` costs ~1.7 ms, a third of a training step here
+        if self.device.type == 'cuda': torch.cuda.synchronize()
+        self.epoch_seconds.append(time.perf_counter() - self._epoch_start)   # a timing callback: ~100 calls a step
         if self._losses: self.log('train_loss', torch.stack(self._losses).mean(), prog_bar=True, sync_dist=True)
 
     def _eval(self, batch, stage):
@@ -214,6 +216,13 @@ class TabularClassifier(L.LightningModule):
     def test_step(self, batch, _): self._eval(batch, 'test')
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+# %% ../nbs/04_train.ipynb #8d5e7ee7
+@patch
+def __setattr__(self:TabularClassifier, name:str, value):
+    "Lightning's hook calls set `_current_fx_name` ~45 times a step: set it directly, without `nn.Module`'s checks."
+    if name == '_current_fx_name': object.__setattr__(self, name, value)   # a string, never a parameter or module
+    else: super(TabularClassifier, self).__setattr__(name, value)
 
 # %% ../nbs/04_train.ipynb #69223488
 class EpochSeed(L.Callback):
@@ -237,7 +246,8 @@ def _atomic_checkpoint_io():
 def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_nodes:int=1, precision:str|None=None,
                  accumulate:int=1, clip:float=1.0, patience:int=3, ckpt_dir:str|Path|None=None, logger=False,
                  seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None,
-                 group:str|None=None, callbacks:list|tuple=(), **kwargs) -> L.Trainer:
+                 group:str|None=None, callbacks:list|tuple=(), monitor:str='val_auprc', mode:str='max',
+                 **kwargs) -> L.Trainer:
     "A Lightning `Trainer` configured for this project; see the text above for the choices."
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     if logger == 'wandb': logger = wandb_logger(tracking_dir or 'workspace/tracking', group=group)
@@ -249,10 +259,10 @@ def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_
         else (devices if isinstance(devices, int) else len(devices))
     )
     cbs = [EpochSeed(seed), *callbacks] + (
-        [EarlyStopping(monitor='val_auprc', mode='max', patience=patience)] if patience else []
+        [EarlyStopping(monitor=monitor, mode=mode, patience=patience)] if patience else []
     )
     if ckpt_dir:
-        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor='val_auprc', mode='max', save_last=True))
+        cbs.append(ModelCheckpoint(dirpath=ckpt_dir, filename='best', monitor=monitor, mode=mode, save_last=True))
     return L.Trainer(max_epochs=max_epochs, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                      strategy=kwargs.pop('strategy', 'ddp' if n * num_nodes > 1 else 'auto'),
                      precision=precision or ('bf16-mixed' if gpu else '32-true'),
@@ -511,50 +521,90 @@ def _raw_epochs(model, loader, epochs, device, bf16):
         times.append(time.perf_counter() - t0)
     return times
 
-class _EpochTimer(L.Callback):
-    def __init__(self): self.times = []
-    def on_train_epoch_start(self, *_): self.t0 = time.perf_counter()
-    def on_train_epoch_end(self, trainer, *_):
-        if trainer.strategy.root_device.type == 'cuda': torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self.t0)
-
 # %% ../nbs/04_train.ipynb #262aa76c
 def _time_paths(dm:FraudDataModule, device:str, epochs:int, rounds:int) -> dict:
     "Epoch seconds of the recipe through Lightning and of the same model in the plain loop, interleaved round by round."
     gpu, times = device.startswith('cuda'), {'lightning': [], 'plain pytorch': []}
     for _ in range(rounds):   # both paths see the same machine state; each round's first epoch is a warm-up
-        timer = _EpochTimer()
-        train_model(dm, {'batch_size': dm.batch_size}, epochs, patience=0, callbacks=[timer], devices=1,
-                    accelerator='gpu' if gpu else 'cpu', precision='bf16-mixed' if gpu else '32-true',
-                    limit_val_batches=0, num_sanity_val_steps=0)
-        times['lightning'] += timer.times[1:]
+        trained = train_model(dm, {'batch_size': dm.batch_size}, epochs, patience=0, devices=1,
+                              accelerator='gpu' if gpu else 'cpu', precision='bf16-mixed' if gpu else '32-true',
+                              limit_val_batches=0, num_sanity_val_steps=0)
+        times['lightning'] += trained.model.epoch_seconds[1:]   # timed by the model's epoch hooks: no extra callback
         L.seed_everything(0, verbose=False)
         raw = TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)   # recipe defaults
         times['plain pytorch'] += _raw_epochs(raw, dm.train_dataloader(), epochs, device, gpu)[1:]
     return times
 
 # %% ../nbs/04_train.ipynb #815e6bbd
-def _python_calls(fn:Callable) -> int:
-    "Python function calls made by `fn()`, as cProfile counts them (unlike timings, the same on any machine)."
-    import cProfile, pstats
-    prof = cProfile.Profile()
-    prof.enable()
-    fn()
-    prof.disable()
-    return sum(row[1] for row in pstats.Stats(prof).stats.values())
+_STEP_PARTS = [   # (file, function or '' for any, part): a call, and the time in it, belong to the innermost match
+    ('torch/nn/modules/module.py', '_wrapped_call_impl', 'forward + loss'), ('mlsys/train.py', 'training_step',
+    'forward + loss'), ('torch/_tensor.py', 'backward', 'backward'), ('torch/optim/optimizer.py', 'wrapper',
+    'optimizer step'), ('torch/optim/optimizer.py', 'zero_grad', 'zero_grad'), ('torch/nn/utils/clip_grad.py', '',
+    'clip_grad_norm_'), ('torch/utils/data/', '', 'data loader'),
+    ('lightning/pytorch/loops/optimization/automatic.py', 'closure', 'Lightning: optimizer closure'),
+    ('lightning/pytorch/loops/optimization/automatic.py', '', 'Lightning: _run_optimization'),
+    ('lightning/pytorch/plugins/precision/', '_clip_gradients', 'Lightning: gradient clipping'),
+    ('lightning/pytorch/trainer/call.py', '_call_callback_hooks', 'Lightning: callback hooks'),
+    ('lightning/pytorch/trainer/call.py', '_call_lightning_module_hook', 'Lightning: module hooks'),
+    ('lightning/pytorch/trainer/call.py', '_call_strategy_hook', 'Lightning: strategy hooks'),
+    ('lightning/pytorch/loops/fetchers.py', '', 'Lightning: data fetcher'),
+    ('lightning/pytorch/trainer/connectors/logger_connector', '', 'Lightning: logging and results'),
+    ('lightning/pytorch/profilers', '', 'Lightning: profiler contexts'),
+    ('lightning/pytorch/loops/progress.py', '', 'Lightning: progress tracking')]
 
-def _calls_per_step(dm:FraudDataModule, steps:tuple=(10, 30)) -> dict:
-    "Python calls per training step of each path; the difference of two run lengths cancels the set-up."
-    batches = list(itertools.islice(iter(dm.train_dataloader()), max(steps)))
-    kw = dict(patience=0, devices=1, accelerator='cpu', precision='32-true',
-              limit_val_batches=0, num_sanity_val_steps=0)
+def _part_of(code) -> str|None:
+    where = code.co_filename.replace('\\', '/')
+    return next((part for f, fn, part in _STEP_PARTS if f in where and fn in ('', code.co_name)), None)
+
+def _trace_parts(fn:Callable, rest:str='loop (rest)') -> tuple[dict, dict]:
+    "Python calls (as cProfile counts them) and CPU seconds of `fn()` by part of `_STEP_PARTS`; the rest is `rest`."
+    import collections, sys
+    calls, secs, parts, stack, last = collections.Counter(), collections.Counter(), {}, [rest], [time.thread_time()]
+    def hook(frame, event, _):
+        secs[stack[-1]] += time.thread_time() - last[0]   # CPU time: a busy machine's waits are left out
+        if event == 'call':
+            if frame.f_code not in parts: parts[frame.f_code] = _part_of(frame.f_code)
+            stack.append(parts[frame.f_code] or stack[-1])
+            calls[stack[-1]] += 1
+        elif event == 'c_call': calls[stack[-1]] += 1
+        elif event == 'return' and len(stack) > 1: stack.pop()
+        last[0] = time.thread_time()   # the hook's own time is left out
+    sys.setprofile(hook)
+    try: fn()
+    finally: sys.setprofile(None)
+    return calls, secs
+
+# %% ../nbs/04_train.ipynb #5e681bc8
+def _noop(): pass
+
+def _tracer_cost(n:int=20_000) -> float:
+    "Seconds `_trace_parts` adds to each call it counts, measured on empty calls: taken off its timings."
+    def loop():
+        for _ in range(n): _noop()
+    t0 = time.thread_time()
+    loop()
+    plain = time.thread_time() - t0
+    calls, secs = _trace_parts(loop)
+    return max(0.0, (sum(secs.values()) - plain) / sum(calls.values()))
+
+def _step_parts(dm:FraudDataModule, steps:tuple=(10, 30), repeats:int=5) -> dict:
+    "Per training step of each path, {part: (Python calls, ms)}: medians of `repeats` differences of two run lengths."
+    kw = dict(patience=0, devices=1, accelerator='cpu', precision='32-true', limit_val_batches=0,
+              num_sanity_val_steps=0)
     model = lambda: TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight)
-    recipe = {'batch_size': dm.batch_size}
+    runs = {'lightning': lambda k: train_model(dm, {'batch_size': dm.batch_size}, 1, limit_train_batches=k, **kw),
+            'plain pytorch': lambda k: _raw_epochs(model(), itertools.islice(dm.train_dataloader(), k), 1, 'cpu',
+                                                   False)}
+    import statistics
+    cost, n, diffs = _tracer_cost(), steps[1] - steps[0], {path: [] for path in runs}
     with quiet_lightning():
-        light = [_python_calls(lambda: train_model(dm, recipe, 1, limit_train_batches=k, **kw)) for k in steps]
-    raw = [_python_calls(lambda: _raw_epochs(model(), batches[:k], 1, 'cpu', False)) for k in steps]
-    per_step = lambda counts: round((counts[1] - counts[0]) / (steps[1] - steps[0]))
-    return {'lightning': per_step(light), 'plain pytorch': per_step(raw)}
+        for run in runs.values(): run(2)   # first calls pay one-off costs
+        for _ in range(repeats):   # the paths take turns, so both see the same machine
+            for path, run in runs.items():
+                (c0, s0), (c1, s1) = [_trace_parts(lambda: run(k)) for k in steps]
+                diffs[path].append({p: (c1[p] - c0[p], s1[p] - s0[p] - cost * (c1[p] - c0[p])) for p in c1 | c0})
+    ms = lambda ds, p: round(statistics.median(d.get(p, (0, 0.0))[1] for d in ds) / n * 1e3, 3)
+    return {path: {p: (round(ds[0][p][0] / n), ms(ds, p)) for p in ds[0]} for path, ds in diffs.items()}
 
 # %% ../nbs/04_train.ipynb #e027caf5
 def _bench_data(quick:bool) -> pd.DataFrame:
@@ -569,6 +619,16 @@ def _bench_data(quick:bool) -> pd.DataFrame:
     pit = fast_training_set(store, fraud_entities(read_table(lake, 'transactions')))
     return labelled_set(pit, read_table(lake, 'labels'), pd.Timestamp(read_manifest(lake)['as_of']))
 
+# %% ../nbs/04_train.ipynb #cc482864
+def _part_rows(parts:dict) -> list[dict]:
+    "A table row per part of a training step: calls and traced ms per step in each path, Lightning's extra first."
+    names = sorted(set(parts['lightning']) | set(parts['plain pytorch']),
+                   key=lambda p: (not p.startswith('Lightning'), -parts['lightning'].get(p, (0, 0))[0]))
+    get = lambda path, p: parts[path].get(p, (0, 0.0))
+    return [{'label': f'step part: {p}', 'lightning_calls': get('lightning', p)[0],
+             'lightning_ms': get('lightning', p)[1], 'plain_calls': get('plain pytorch', p)[0],
+             'plain_ms': get('plain pytorch', p)[1]} for p in names]
+
 # %% ../nbs/04_train.ipynb #ba7e91ca
 def bench_train(quick:bool=False, device:str='cpu'):
     "Lightning against a plain loop on the same model and tensors; gradient boosting on the same window."
@@ -581,8 +641,10 @@ def bench_train(quick:bool=False, device:str='cpu'):
             per[(dev, path)] = med = statistics.median(ts)
             results.append({'label': f'{path} ({dev})', 'epoch_median_s': round(med, 4),
                             'samples_per_s': round(n / med), 'epochs_timed': len(ts), 'train_rows': n})
-    calls = _calls_per_step(dm)
+    parts = _step_parts(dm)
+    calls = {path: sum(c for c, _ in v.values()) for path, v in parts.items()}
     for row in results: row['python_calls_per_step'] = calls[row['label'].split(' (')[0]]
+    results += _part_rows(parts)
     gbt = gbt_baseline(dm)['seconds']
     results.append({'label': 'gradient boosting fit (cpu)', 'train_rows': n, 'fit_s': gbt})
     light = per[('cpu', 'lightning')]

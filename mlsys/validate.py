@@ -13,8 +13,8 @@ import pandera.pandas as pa
 from pandera.pandas import Check, Column, DataFrameSchema
 
 from .config import atomic_write, write_json
-from .world import (AGE_BUCKETS, CATEGORIES, CHANNELS, COUNTRIES, DEVICES, EVENT_TABLES, GENRES, partitions,
-                         read_manifest, read_table)
+from .world import (AGE_BUCKETS, CATEGORIES, CHANNELS, COUNTRIES, DEVICES, EVENT_TABLES, GENRES, SLATE_SIZE,
+                         partitions, read_manifest, read_table)
 
 # %% auto #0
 __all__ = ['PSI_WARN', 'PSI_FAIL', 'CONTRACTS', 'DERIVED', 'psi', 'Contract', 'CheckResult', 'schema_checks', 'null_checks',
@@ -72,7 +72,9 @@ CONTRACTS = {c.table: c for c in [
     Contract('interactions', DataFrameSchema({
         'user_id': Column(str), 'item_id': Column('int64', Check.ge(0)), 'ts': Column(_utc),
         'event': Column(str, _in(['view', 'click', 'watch'])),
-        'watch_fraction': Column(float, Check.in_range(0, 1), nullable=True)}, strict=True),
+        'watch_fraction': Column(float, Check.in_range(0, 1), nullable=True),
+        'session_id': Column('int64', Check.ge(0)),
+        'position': Column('int64', Check.in_range(0, SLATE_SIZE - 1))}, strict=True),
         null_ceilings={'watch_fraction': 0.99}, freshness_sla_days=1, psi_columns=['event']),
     Contract('users', DataFrameSchema({
         'user_id': Column(str), 'country': Column(str, _in(COUNTRIES)), 'timezone': Column(str),

@@ -17,10 +17,12 @@ from .config import frame_hash, progress, validated, write_json
 
 # %% auto #0
 __all__ = ['FAULTS', 'SCALES', 'world_config', 'COUNTRIES', 'CATEGORIES', 'DEVICES', 'CHANNELS', 'AGE_BUCKETS', 'GENRES',
-           'PATTERNS', 'LATENT_DIM', 'ZIPF_EXPONENT', 'GENRE_WEIGHT', 'SPECTRUM_DECAY', 'LATENT_STREAM', 'EVENT_TABLES',
-           'REQUEST_FIELDS', 'WorldConfig', 'Latent', 'latent_factors', 'world_latent', 'World', 'simulate',
-           'LakeError', 'write_lake', 'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest',
-           'serving_requests', 'load_movielens', 'load_creditcard']
+           'PATTERNS', 'LATENT_DIM', 'ZIPF_EXPONENT', 'GENRE_WEIGHT', 'SPECTRUM_DECAY', 'LATENT_STREAM', 'SLATE_SIZE',
+           'SESSIONS_PER_DAY', 'EXAMINATION_DECAY', 'ATTRACTION', 'WATCH_SHARE', 'NEW_ITEM_SHARE', 'INTERACTION_STREAM',
+           'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'Latent', 'latent_factors', 'world_latent', 'examination',
+           'attraction', 'click_probability', 'popularity_slates', 'slate_feedback', 'World', 'simulate', 'LakeError',
+           'write_lake', 'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest', 'serving_requests',
+           'load_movielens', 'load_creditcard']
 
 # %% ../nbs/01_world.ipynb #6ccb204a
 FAULTS = ('null_spike', 'schema_change', 'out_of_range', 'duplicate_keys', 'stale_partition', 'timezone_bug')
@@ -264,23 +266,79 @@ def world_latent(manifest:dict, items:pd.DataFrame) -> Latent:
     return latent_factors(spec['seed'], genres, spec['n_users'], spec['dim'], spec['zipf_exponent'])
 
 # %% ../nbs/01_world.ipynb #74539640
+SLATE_SIZE, SESSIONS_PER_DAY = 10, 0.15   # slots a session shows; sessions a user opens a day, from signup
+EXAMINATION_DECAY = 0.7   # P(slot p is looked at) = 1/(p+1)^0.7: 1 at the top, 0.2 at slot 10
+ATTRACTION = {'scale': 3.0, 'bias': -2.0}   # P(click | looked at) = sigmoid(3 * relevance - 2)
+WATCH_SHARE, NEW_ITEM_SHARE = 0.6, 0.1   # clicks that become watches; items released during the window
+INTERACTION_STREAM = 13   # the child generator of the interactions: `default_rng([seed, INTERACTION_STREAM])`
+
+def examination(positions) -> np.ndarray:
+    "The chance that a user looks at slot `positions` (0-based) of a slate: the world's position bias."
+    return (np.asarray(positions) + 1.0) ** -EXAMINATION_DECAY
+
+def attraction(relevance) -> np.ndarray:
+    "The chance that a looked-at item is clicked, given its true relevance to the user."
+    return 1 / (1 + np.exp(-(ATTRACTION['scale'] * np.asarray(relevance) + ATTRACTION['bias'])))
+
+def click_probability(relevance, positions) -> np.ndarray:
+    "The position-based click model: examined, then attracted."
+    return examination(positions) * attraction(relevance)
+
+# %% ../nbs/01_world.ipynb #e4f7dac1
+def _release_new_items(rng, items:pd.DataFrame, start:pd.Timestamp, n_days:int) -> pd.DataFrame:
+    "Re-date `NEW_ITEM_SHARE` of the catalogue to a release day inside the window: the items that arrive cold."
+    new = rng.random(len(items)) < NEW_ITEM_SHARE
+    days = rng.integers(1, n_days, int(new.sum()))
+    return items.assign(release_date=items.release_date.mask(new, pd.Series(start + pd.to_timedelta(days, 'D'),
+                                                                           index=items.index[new])))
+
+def _sessions(rng, users:pd.DataFrame, start:pd.Timestamp, n_days:int) -> tuple[np.ndarray, np.ndarray]:
+    "Each user's sessions from signup on: (user position, session start in seconds from `start`), by time."
+    since = np.clip(((users.signup_date - start) / pd.Timedelta(seconds=1)).to_numpy(), 0, None)
+    span = np.clip(n_days * 86_400 - since, 0, None)   # users who join after the window have none
+    count = rng.poisson(SESSIONS_PER_DAY * span / 86_400)
+    u = np.repeat(np.arange(len(users)), count)
+    sec = (since[u] + rng.random(len(u)) * span[u]).astype('int64')
+    order = np.argsort(sec, kind='stable')
+    return u[order], sec[order]
+
+# %% ../nbs/01_world.ipynb #0e19fb0d
+def popularity_slates(rng, popularity:np.ndarray, # each item's share of views
+                      released:np.ndarray, # (n_sessions, n_items) bool: may this session show the item
+                      size:int=SLATE_SIZE) -> np.ndarray:
+    "Today's logging policy: sample `size` released items per session in proportion to popularity, most popular first."
+    keys = np.log(popularity)[None, :] - np.log(-np.log(rng.random(released.shape)))   # Gumbel top-k: no replacement
+    keys[~released] = -np.inf
+    top = np.argpartition(-keys, size - 1, axis=1)[:, :size]
+    return np.take_along_axis(top, np.argsort(-popularity[top], axis=1, kind='stable'), axis=1)
+
+def slate_feedback(latent:Latent, user_idx:np.ndarray, # (n,) users' positions in the users table
+                   slates:np.ndarray, # (n, size) item ids shown, slot 0 first: any policy's slates
+                   rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Show `slates` to the world's users: (clicks, watches, true relevance), each (n, size)."
+    rel = np.einsum('nd,nkd->nk', latent.user_factors[user_idx], latent.item_factors[slates])
+    clicks = rng.random(rel.shape) < click_probability(rel, np.arange(slates.shape[1]))
+    return clicks, clicks & (rng.random(rel.shape) < WATCH_SHARE), rel
+
+# %% ../nbs/01_world.ipynb #39fd916c
 def _interactions(rng, users, items, start, n_days, latent:Latent) -> pd.DataFrame:
-    n, g = len(users), len(GENRES)
-    taste = rng.dirichlet(np.full(g, 0.4), n)
-    genre = items.genre.map({x: i for i, x in enumerate(GENRES)}).to_numpy()
-    views = rng.poisson(0.8 * n_days, n)
-    u = np.repeat(np.arange(n), views)
-    it = rng.choice(len(items), len(u), p=latent.popularity)                                  # popular items get seen
-    aff = taste[u, genre[it]] * g                                                               # 1 = indifferent
-    rel = np.einsum('ij,ij->i', latent.user_factors[u], latent.item_factors[it])              # true relevance, ~N(0, 1)
-    click = rng.random(len(u)) < np.clip(0.08 * aff * np.exp(rel - 0.5), 0, 0.9)
-    watch = click & (rng.random(len(u)) < 0.6)
-    frac = np.clip(rng.beta(1 + aff, 2, len(u)), 0.01, 1)
-    ts = start + pd.to_timedelta(rng.integers(0, n_days * 86_400, len(u)), 's')
-    ev = [pd.DataFrame({'user_idx': u[m], 'item_id': it[m], 'ts': ts[m] + pd.to_timedelta(k, 's'), 'event': e,
-                        'watch_fraction': frac[m] if e == 'watch' else np.nan}) for k, (e, m) in enumerate(
-                        [('view', np.ones(len(u), bool)), ('click', click), ('watch', watch)])]
-    return pd.concat(ev, ignore_index=True)
+    "Sessions of one popularity-ordered slate each; views, clicks and watches as the click model draws them."
+    u, sec = _sessions(rng, users, start, n_days)
+    release = ((items.release_date - start) / pd.Timedelta(seconds=1)).to_numpy()
+    slates = np.concatenate([popularity_slates(rng, latent.popularity, release[None, :] <= sec[i:i + 4096, None])
+                             for i in range(0, len(u), 4096)])   # chunks: a (sessions, items) mask per 4,096
+    clicks, watches, rel = slate_feedback(latent, u, slates, rng)
+    frac = np.clip(rng.beta(1 + 2 * attraction(rel), 2), 0.01, 1)   # relevant items are watched longer
+    n, k = slates.shape
+    base = pd.DataFrame({'user_idx': np.repeat(u, k), 'item_id': slates.ravel().astype('int64'),
+                         'ts': start + pd.to_timedelta(np.repeat(sec, k), 's'),
+                         'session_id': np.repeat(np.arange(n, dtype='int64'), k),
+                         'position': np.tile(np.arange(k, dtype='int64'), n)})
+    ev = [base[m.ravel()].assign(ts=lambda d, s=s: d.ts + pd.Timedelta(seconds=s), event=e,
+                                 watch_fraction=frac.ravel()[m.ravel()] if e == 'watch' else np.nan)
+          for s, (e, m) in enumerate([('view', np.ones_like(clicks)), ('click', clicks), ('watch', watches)])]
+    cols = ['user_idx', 'item_id', 'ts', 'event', 'watch_fraction', 'session_id', 'position']
+    return pd.concat(ev, ignore_index=True)[cols]
 
 # %% ../nbs/01_world.ipynb #a74a9ccd
 @dataclass
@@ -309,7 +367,9 @@ def _finish(rng, cfg, start, users, merchants, items, tx) -> World:
     tx['amount'] = tx.amount.round(2)
     labels = _labels(rng, tx, cfg.label_delay_days)
     latent = latent_factors(cfg.seed, items.genre.map({g: i for i, g in enumerate(GENRES)}).to_numpy(), len(users))
-    inter = _interactions(rng, users, items, start, cfg.days, latent)
+    irng = np.random.default_rng([cfg.seed, INTERACTION_STREAM])   # the fraud tables never depend on it
+    items = _release_new_items(irng, items, start, cfg.days)
+    inter = _interactions(irng, users, items, start, cfg.days, latent)
     inter = inter.sort_values('ts', kind='stable').reset_index(drop=True)
     inter.insert(0, 'user_id', users.user_id.to_numpy()[inter.pop('user_idx').to_numpy()])
     tx = tx.drop(columns='pattern').astype({'channel': str, 'device_id': str, 'ip': str})
@@ -331,6 +391,11 @@ def _manifest(w:World, start) -> dict:
                 'pattern': 'synthetic_identity', 'transactions': int((lab.pattern == 'synthetic_identity').sum())},
             'fault': None,  # filled in when the world lands in the lake
             'latent': None if w.latent is None else w.latent.spec,   # `world_latent` draws the factors again
+            'interactions': {'slate_size': SLATE_SIZE, 'sessions_per_user_day': SESSIONS_PER_DAY,
+                             'policy': 'popularity_slates', 'examination': examination(np.arange(SLATE_SIZE)).tolist(),
+                             'attraction': ATTRACTION, 'watch_share': WATCH_SHARE,
+                             'new_items': int((w.items.release_date >= start).sum()),
+                             'stream': [cfg.seed, INTERACTION_STREAM]},
             'tables': {t: {'rows': len(d), 'hash': frame_hash(d)} for t, d in w.tables().items()}}
 
 # %% ../nbs/01_world.ipynb #15bc0618

@@ -2,7 +2,7 @@
 import json, shlex
 import pandas as pd
 import pytest
-from conftest import SMALL_TRAIN, mlsys, run_record
+from conftest import SMALL_TRAIN, mlsys, mlsys_main, run_record
 from mlsys.evaluate import MIN_POSITIVES
 from mlsys.registry import Registry
 
@@ -34,7 +34,7 @@ def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     assert set(preds.decision) <= {'approve', 'review', 'block'} and preds.score.between(0, 1).all()
 
     # rebuilt from the registry's lineage in a fresh workspace: the same data and bit-identical weights
-    show = json.loads(mlsys('registry', 'show', 'fraud:1', '--workspace', ws).stdout)
+    show = json.loads(mlsys_main('registry', 'show', 'fraud:1', '--workspace', ws).stdout)
     cmd = shlex.split(show['rebuild']['command'])
     assert cmd[:3] == ['mlsys', 'run', '--to']
     p = mlsys(*cmd[1:], '--workspace', tmp_path/'rebuilt')
@@ -60,13 +60,13 @@ def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     assert p.returncode == 1 and 'insufficient evidence' in rec['reason'] and window['name'] == 'validation + test', p.stderr[-2000:]
     assert window['positives'] > window['test_positives'] and reg.get('fraud', 'production')['version'] == 1
 
-    # the command line's errors
-    assert mlsys('registry', 'show', 'fraud:7', '--workspace', ws).returncode == 2
-    assert mlsys('registry', 'promote', 'nope:1', '--workspace', ws).returncode == 2
-    p = mlsys('registry', 'rollback', 'fraud', '--workspace', ws)
+    # the command line's errors (in this process: `mlsys.cli.main` is what the command runs)
+    assert mlsys_main('registry', 'show', 'fraud:7', '--workspace', ws).returncode == 2
+    assert mlsys_main('registry', 'promote', 'nope:1', '--workspace', ws).returncode == 2
+    p = mlsys_main('registry', 'rollback', 'fraud', '--workspace', ws)
     assert p.returncode == 1 and 'no earlier production version' in p.stderr
     w = prod['path']/'weights.safetensors'; w.write_bytes(w.read_bytes()[:-4] + b'oops')
-    p = mlsys('registry', 'verify', 'fraud:1', '--workspace', ws)
+    p = mlsys_main('registry', 'verify', 'fraud:1', '--workspace', ws)
     assert p.returncode == 1 and 'weights.safetensors: checksum mismatch' in p.stderr
 
 
