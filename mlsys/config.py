@@ -60,7 +60,7 @@ def write_json(path:str|Path, obj:Any) -> Path:
 @contextmanager
 def atomic_folder(folder:str|Path, # the folder to (re)write
                   replace:bool=False) -> Iterator[Path]: # swap out an existing folder instead of refusing
-    "Yield a hidden sibling of `folder` to write into; renamed to `folder` when the block succeeds, removed if it fails."
+    "Yield a hidden sibling of `folder` to write into: renamed to `folder` if the block succeeds, else removed."
     import shutil, uuid
     folder = Path(folder)
     if folder.exists() and not replace: raise FileExistsError(f'{folder} exists: it is written once, never rewritten')

@@ -248,6 +248,10 @@ def review_capacity(analysts:int, hours_per_day:float=7.0, minutes_per_case:floa
     return int(analysts * hours_per_day * 60 // minutes_per_case)
 
 # %% ../nbs/14_fraud.ipynb #e29cba5a
+#| export
+
+
+# %% ../nbs/14_fraud.ipynb #a0ed4686
 _ORDER = [('rules', 'block'), ('model', 'block'), ('rules', 'review'), ('model', 'review'), ('anomaly', 'review')]
 
 def _layer_masks(layers:Layers, hits, score, anomaly) -> dict:
@@ -257,7 +261,6 @@ def _layer_masks(layers:Layers, hits, score, anomaly) -> dict:
             ('rules', 'review'): fired('review'), ('model', 'review'): score >= layers.review_t,
             ('anomaly', 'review'): anomaly >= layers.anomaly_t}
 
-# %% ../nbs/14_fraud.ipynb #a0ed4686
 def decide(layers:Layers, hits:pd.DataFrame, score:np.ndarray, anomaly:np.ndarray,
            ts:pd.Series|None=None, # request times: the review capacity is per calendar day
            use:Sequence[str]=('rules', 'model', 'anomaly')) -> pd.DataFrame:
