@@ -174,6 +174,7 @@ class FraudDataModule(L.LightningDataModule):
     def test_dataloader(self): return self._loader('test')
 
 # %% ../nbs/04_train.ipynb #a25b6963
+# long because Lightning asks for the model, its steps and its optimizer in one class
 class TabularClassifier(L.LightningModule):
     "Embeddings for categoricals + MLP, weighted BCE, AUROC/AUPRC metrics."
     def __init__(self, n_numeric:int, cardinalities:list[int], hidden:tuple=(64, 32), dropout:float=0.1, lr:float=3e-3,
