@@ -72,7 +72,8 @@ test-notebooks: install-dev
 test-pytest: install-dev
 	$(TEST_THREADS) $(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15
 
-# `make test` runs these in order; .ci/run runs the same list one by one and prints how long each took.
+# `make test` runs these in order; .ci/run runs the same list (runtime-env and check-runtime beside test-pytest, whose two
+# workers leave a core idle at times) and prints how long each step took and the wall-clock time after the install.
 TEST_STEPS := install-dev check-sync test-notebooks test-pytest runtime-env check-runtime
 test-steps:
 	@echo $(TEST_STEPS)

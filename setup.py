@@ -19,7 +19,7 @@ setuptools.setup(
     url=cfg['git_url'], python_requires=f">={cfg['min_python']}",
     # the job notebooks travel inside the package as `mlsys/jobs`, so `pip install .` can run the pipeline
     packages=setuptools.find_packages(include=['mlsys', 'mlsys.*']) + ['mlsys.jobs'],
-    package_dir={'mlsys.jobs': 'nbs/jobs'}, package_data={'mlsys.jobs': ['*.ipynb']}, include_package_data=True,
+    package_dir={'mlsys.jobs': 'nbs/jobs'}, package_data={'mlsys.jobs': ['*.ipynb'], 'mlsys': ['data/*.yaml']}, include_package_data=True,
     install_requires=requirements, extras_require={'dev': dev_requirements},
     entry_points={'console_scripts': cfg['console_scripts'].split(),
                   'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

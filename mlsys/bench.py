@@ -40,7 +40,9 @@ BENCHES: dict[str, Callable] = {}
 # benchmarks that live with their stage, imported when asked for
 BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:bench_train',
                  'serve': 'mlsys.bench_serve:bench_serve',
-                 'retrieval': 'mlsys.recommend:bench_retrieval', 'fraud': 'mlsys.explain:bench_fraud'}
+                 'retrieval': 'mlsys.recommend:bench_retrieval', 'fraud': 'mlsys.explain:bench_fraud',
+                 'graph': 'mlsys.graph:bench_graph',
+                 'llm': 'mlsys.llm_tune:bench_llm', 'rag': 'mlsys.rag:bench_rag'}
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."

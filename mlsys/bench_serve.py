@@ -106,18 +106,38 @@ def _recommend_bodies(ws:Workspace, n:int=400) -> list[bytes]|None:
     users = [str(u) if i % 10 else f'new-{i}' for i, u in enumerate(active)]
     return [orjson.dumps({'user_id': u, 'k': 10}) for u in users]
 
+def _layered_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], str]|None:
+    "Entity bodies with the fields the layered system's rules read, and the production model pinned; None without one."
+    import orjson
+    import pandas as pd
+    from mlsys.defence import defence_predictors
+    from mlsys.registry import Registry
+    from mlsys.world import read_table
+    if not defence_predictors(ws): return None
+    tx = read_table(ws.lake, 'transactions').tail(n)
+    signup = tx.user_id.map(read_table(ws.lake, 'users').set_index('user_id').signup_date)
+    age = ((tx.ts - signup) / pd.Timedelta(days=1)).clip(lower=0).fillna(0)
+    bodies = [orjson.dumps({'instances': [{'user_id': str(r.user_id), 'merchant_id': int(r.merchant_id),
+                                           'device_id': str(r.device_id), 'amount': float(r.amount), 'ip': r.ip,
+                                           'account_age_days': float(a), 'request_ts': int(r.ts.timestamp())}]})
+              for r, a in zip(tx.itertuples(), age)]
+    return bodies, f"fraud@{Registry(ws.models).get('fraud', 'production')['version']}"
+
 # %% ../nbs/18a_bench_serve.ipynb #681a84e9
 _SERVERS = {'batching off': ['--max-batch-size', '1'], 'batching on': [],   # label: flags of `mlsys serve`
             'batching on, stdlib json': ['--json', 'stdlib'], 'batching on, no prediction log': ['--no-prediction-log']}
 
-def _runs(ents:list[bytes], vecs:list[bytes], recs:list[bytes]|None=None) -> list[tuple]:
-    "Each measurement as (label, server, path, bodies, concurrency); `/recommend` too when `recs` are given."
+def _runs(ents:list[bytes], vecs:list[bytes], recs:list[bytes]|None=None,
+          layered:list[bytes]|None=None) -> list[tuple]:
+    "Each measurement as (label, server, path, bodies, concurrency); `/recommend` and the layered system when given."
     runs = [(f'entity c{c}, {b}', b, '/predict', ents, c) for c in (1, 8, 32) for b in ('batching off', 'batching on')]
     vector_runs = [('vector c32, batching on', 'batching on', '/predict'), ('no-op c32', 'batching on', '/noop'),
                    ('vector c32, batching on, stdlib json', 'batching on, stdlib json', '/predict'),
                    ('vector c32, batching on, no prediction log', 'batching on, no prediction log', '/predict')]
     rec_runs = [(f'recommend c32, {b}', b, '/recommend', recs, 32) for b in ('batching off', 'batching on')]
-    return runs + [(label, server, path, vecs, 32) for label, server, path in vector_runs] + (rec_runs if recs else [])
+    layered_runs = [(f'layered entity c{c}, batching off', 'layered', '/predict', layered, c) for c in (1, 32)]
+    return (runs + [(label, server, path, vecs, 32) for label, server, path in vector_runs] + (rec_runs if recs else [])
+            + (layered_runs if layered else []))
 
 # %% ../nbs/18a_bench_serve.ipynb #2b8d1a7c
 def _summary(got:dict, load:dict) -> tuple[list[dict], dict]:
@@ -140,6 +160,11 @@ def _summary(got:dict, load:dict) -> tuple[list[dict], dict]:
         ratios |= {'recommend_p50_ms_c32': by_label[rec_on]['p50_ms'],
                    'recommend_p99_ms_c32': by_label[rec_on]['p99_ms'],
                    'recommend_batching_speedup_c32': ratio(rec_on, rec_off)}
+    if 'layered entity c1, batching off' in by_label:   # a layered system is in production
+        for c in (1, 32):
+            mine = f'layered entity c{c}, batching off'
+            ratios |= {f'layered_p99_ms_c{c}': by_label[mine]['p99_ms'],
+                       f'layered_over_plain_p99_c{c}': ratio(mine, f'entity c{c}, batching off', 'p99_ms')}
     return results, ratios
 
 # %% ../nbs/18a_bench_serve.ipynb #89826437
@@ -163,15 +188,19 @@ def bench_serve(quick:bool=False, # two short rounds instead of three
     _require_model(ws)
     ents, vecs = _bench_bodies(ws)
     recs = _recommend_bodies(ws)   # None: the workspace has no production recommender, and /recommend is not served
-    with ThreadPoolExecutor(len(_SERVERS)) as ex:
-        servers = dict(zip(_SERVERS, ex.map(lambda flags: start_server(ws.root, *flags), _SERVERS.values())))
+    layered = _layered_bodies(ws)   # with a layered system in production, the other servers pin the model version
+    flags = {k: v + (['--model', layered[1]] if layered else []) for k, v in _SERVERS.items()}
+    if layered: flags['layered'] = ['--max-batch-size', '1']
+    with ThreadPoolExecutor(len(flags)) as ex:
+        servers = dict(zip(flags, ex.map(lambda f: start_server(ws.root, *f), flags.values())))
     rounds, n, secs = (2, 300, 5) if quick else (3, 1500, 10)
     floor_secs = 1 if quick else 3   # vectors run for a fixed time: at thousands of requests/s, counts end too soon
     try:
-        for s in servers.values(): load_test(s.port, '/predict', ents, 100, 8, secs)   # warm-up
+        for label, s in servers.items():   # warm-up
+            load_test(s.port, '/predict', layered[0] if label == 'layered' else ents, 100, 8, secs)
         if recs: load_test(servers['batching on'].port, '/recommend', recs, 100, 8, secs)
         ports = {label: s.port for label, s in servers.items()}
-        got = _take_turns(ports, _runs(ents, vecs, recs), vecs, rounds, n, secs, floor_secs)
+        got = _take_turns(ports, _runs(ents, vecs, recs, layered and layered[0]), vecs, rounds, n, secs, floor_secs)
         load_n, load_seconds = (3000, 120) if quick else (20_000, 300)
         load = load_test(servers['batching on'].port, '/predict', ents, load_n, 64, load_seconds)
     finally:

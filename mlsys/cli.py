@@ -143,19 +143,40 @@ def _serve(args, settings) -> int:
     if not name: raise UsageError(f'--model {args.model!r}: use NAME@REF, e.g. fraud@production')
     knobs = ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib', 'log_predictions')
     from mlsys.recommend import recommend_predictors   # /recommend beside /predict when a recommender is in production
-    try: serve(settings.workspace.root, args.host, args.port, recommend_predictors(settings.workspace), model=name,
+    from mlsys.defence import defence_predictors   # /predict from the layered defence when fraud_layers is in production
+    routes = {**recommend_predictors(settings.workspace),
+              **defence_predictors(settings.workspace, name, ref or 'production')}
+    try: serve(settings.workspace.root, args.host, args.port, routes, model=name,
                ref=ref or 'production', **{k: getattr(args, k) for k in knobs})
     except ValidationError as e:
         errors = [f"--{'-'.join(map(str, x['loc'])).replace('_', '-')} {x['input']!r}: {x['msg']}" for x in e.errors()]
         raise UsageError('; '.join(errors)) from e
     return 0
 
+# %% ../nbs/17_cli.ipynb #f4bcb792
+def _add_capacity(sub, common):
+    "`capacity FILE`: memory, GPUs and cost from a YAML file of inputs."
+    parser = sub.add_parser('capacity', parents=[common], help='memory, GPUs and cost from a YAML of inputs')
+    parser.add_argument('file', help='YAML inputs, e.g. nbs/capacity.example.yaml')
+    parser.add_argument('--json', dest='json_out', metavar='PATH', help='also write the inputs and the table as JSON')
+
+def _capacity(args, settings) -> int:
+    "`mlsys capacity`: check the file, print the table, write the JSON when asked; a bad file is a usage error."
+    from mlsys.capacity import CapacityError, capacity_report, format_report, load_capacity, write_report
+    try:
+        inputs = load_capacity(args.file)
+        report = capacity_report(inputs)
+    except CapacityError as e: raise UsageError(str(e)) from e
+    print(format_report(report))
+    if args.json_out: print(write_report(args.json_out, inputs, report))
+    return 0
+
 # %% ../nbs/17_cli.ipynb #9fd8771f
 def _parser() -> argparse.ArgumentParser:
-    "The `mlsys` command line: `run`, `job`, `bench`, `registry`, `serve` and `info`."
+    "The `mlsys` command line: `run`, `job`, `bench`, `registry`, `serve`, `capacity` and `info`."
     parser = argparse.ArgumentParser(prog='mlsys', description='ML systems, stage by stage.')
     sub, common = parser.add_subparsers(dest='cmd', required=True), _common()
-    for add in (_add_run, _add_bench, _add_registry, _add_serve): add(sub, common)
+    for add in (_add_run, _add_bench, _add_registry, _add_serve, _add_capacity): add(sub, common)
     sub.add_parser('info', parents=[common], help='versions, devices, workspace')
     return parser
 
@@ -169,7 +190,7 @@ def main(argv:list[str]|None=None) -> int:
         if args.cmd == 'info':
             print(json.dumps(_info(settings), indent=2))
             return 0
-        handler = {'bench': _bench, 'registry': _registry, 'serve': _serve}.get(args.cmd)
+        handler = {'bench': _bench, 'registry': _registry, 'serve': _serve, 'capacity': _capacity}.get(args.cmd)
         if handler: return handler(args, settings)
         params = _params(args.param)
         if args.cmd == 'run': result = run(settings, params, args.from_stage, args.to_stage, scenario=args.scenario)

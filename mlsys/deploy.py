@@ -19,7 +19,8 @@ from .config import atomic_write, validated
 
 # %% auto #0
 __all__ = ['MODES', 'ARMS', 'route_config', 'DeployError', 'RouteConfig', 'bucket', 'buckets', 'Router', 'psi', 'Guard',
-           'enforce', 'replay', 'two_proportion_test', 'sample_size', 'sequential_test']
+           'enforce', 'replay', 'canary_trajectory', 'canary_outcome', 'canary_grid', 'canary_table', 'plot_canary',
+           'canary_panel', 'two_proportion_test', 'sample_size', 'sequential_test']
 
 # %% ../nbs/09_deploy.ipynb #56b04702
 MODES = ('single', 'canary', 'shadow', 'ab', 'blue_green')
@@ -329,6 +330,115 @@ def replay(router:Router, guard:Guard,
                                  'champion_score': got['champion'], 'challenger_score': got['challenger'],
                                  'psi': np.nan if psi_now is None else psi_now, 'rollback': bool(reasons)}))
     return pd.concat(out, ignore_index=True)
+
+# %% ../nbs/09_deploy.ipynb #98eb4216
+def canary_trajectory(keys:Sequence[str], # randomisation key of each request (the user), in arrival order
+                      champion_scores, challenger_scores, # each model's score of every request
+                      share:float, # the canary's share of users
+                      salt:str='mlsys', window:int=2000, batch_size:int=100) -> pd.DataFrame:
+    "After each batch of a canary that is never rolled back: requests so far, per arm, users exposed, the guard's PSI."
+    keys = [str(k) for k in keys]
+    champ, chall = np.asarray(champion_scores, dtype=float), np.asarray(challenger_scores, dtype=float)
+    if not len(champ) == len(chall) == len(keys):
+        raise DeployError(f'{len(keys)} keys, {len(champ)} champion and {len(chall)} challenger scores: '
+                          'one of each per request')
+    to_ch = Router(route_config(mode='canary', challenger='staging', share=share, salt=salt)).serve_challenger(keys)
+    ends = np.minimum(np.arange(batch_size, len(keys) + batch_size, batch_size), len(keys))
+    n_ch, n_champ = np.cumsum(to_ch)[ends - 1], np.cumsum(~to_ch)[ends - 1]
+    on_ch, on_champ = chall[to_ch], champ[~to_ch]       # each arm's scores in arrival order
+    # the guard's windows: the last `window` scores of each arm (as `Guard.stats` computes it)
+    last = lambda x, n: x[max(0, n - window):n]
+    psis = [psi(last(on_champ, c), last(on_ch, h)) if c and h else np.nan for c, h in zip(n_champ, n_ch)]
+    first_visit = to_ch & ~pd.Series(keys).where(to_ch).duplicated().to_numpy()
+    return pd.DataFrame({'requests': ends, 'challenger_requests': n_ch, 'champion_requests': n_champ, 'psi': psis,
+                         'users_exposed': np.cumsum(first_visit)[ends - 1], 'share': share})
+
+def _rollback_at(traj:pd.DataFrame, min_requests, max_psi:float) -> np.ndarray:
+    "Row of `traj` at which the PSI trigger fires, for each `min_requests`; `len(traj)` where it never does."
+    ready = np.minimum(traj.challenger_requests, traj.champion_requests).to_numpy()   # never decreases
+    fires = np.where(traj.psi.to_numpy() > max_psi, np.arange(len(traj)), len(traj))
+    next_fire = np.r_[np.minimum.accumulate(fires[::-1])[::-1], len(traj)]
+    return next_fire[np.searchsorted(ready, min_requests)]
+
+def canary_outcome(traj:pd.DataFrame, # `canary_trajectory`
+                   min_requests:int=200, max_psi:float=0.25) -> dict:
+    "Whether and when the guard's PSI trigger rolls the canary back, and the requests and users it reached by then."
+    i = int(_rollback_at(traj, min_requests, max_psi))
+    at = traj.iloc[min(i, len(traj) - 1)]
+    return {'rolled back': i < len(traj), 'after requests': int(at.requests),
+            'challenger requests': int(at.challenger_requests), 'users exposed': int(at.users_exposed)}
+
+# %% ../nbs/09_deploy.ipynb #55fd85e8
+def canary_grid(keys:Sequence[str], champion_scores, # as `canary_trajectory`
+                challengers:Mapping[str, Sequence[float]], # name -> the challenger's score of every request
+                shares:Sequence[float]=(0.01, 0.05, 0.2, 0.5), **kwargs) -> pd.DataFrame:
+    "`canary_trajectory` of every challenger at every share, in one frame with a `challenger` column."
+    return pd.concat([canary_trajectory(keys, champion_scores, s, share, **kwargs).assign(challenger=name)
+                      for name, s in challengers.items() for share in shares], ignore_index=True)
+
+def canary_table(grid:pd.DataFrame, share:float, min_requests:int=200, max_psi:float=0.25) -> pd.DataFrame:
+    "`canary_outcome` of each challenger of `grid` at `share`."
+    g = grid[np.isclose(grid.share, share)]
+    if g.empty: raise DeployError(f'share={share}: not in the grid; it holds {sorted(grid.share.unique())}')
+    return pd.DataFrame({c: canary_outcome(t, min_requests, max_psi) for c, t in g.groupby('challenger', sort=False)}).T
+
+# %% ../nbs/09_deploy.ipynb #f54de70b
+def plot_canary(grid:pd.DataFrame, share:float, min_requests:int=200, max_psi:float=0.25,
+                bad:str='percent bug', good:str='retrain'): # the challengers of `grid` to draw on each side
+    "Users a bad challenger reaches before rollback, and a good one's largest PSI, against `min_requests`, per share."
+    from matplotlib.figure import Figure    # no pyplot: safe in a job or a thread
+    fig = Figure(figsize=(9, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
+    ms = np.unique(np.geomspace(20, 2000, 40).astype(int))
+    for i, (s, g) in enumerate(grid.groupby('share')):
+        t_bad, t_good = g[g.challenger == bad].reset_index(drop=True), g[g.challenger == good]
+        at = _rollback_at(t_bad, ms, max_psi)
+        users = np.where(at < len(t_bad), t_bad.users_exposed.to_numpy()[np.minimum(at, len(t_bad) - 1)], np.nan)
+        ax1.plot(ms, users, color=f'C{i}', label=f'{s:.0%} canary ({bad})')
+        ready = np.minimum(t_good.challenger_requests, t_good.champion_requests).to_numpy()
+        worst = np.r_[np.fmax.accumulate(t_good.psi.to_numpy()[::-1])[::-1], np.nan]   # largest PSI from a row on
+        ax2.plot(ms, worst[np.searchsorted(ready, ms)], color=f'C{i}', label=f'{s:.0%} canary ({good})')
+    here = canary_outcome(grid[np.isclose(grid.share, share) & (grid.challenger == bad)], min_requests, max_psi)
+    if here['rolled back']:
+        ax1.scatter([min_requests], [here['users exposed']], s=120, facecolors='none', edgecolors='k', zorder=3)
+    ax2.axhline(max_psi, color='k', ls='--', lw=1, label=f'max_psi {max_psi:g}')
+    for ax in (ax1, ax2):
+        ax.axvline(min_requests, color='grey', ls=':', lw=1)
+        ax.set_xscale('log')
+        ax.set_xlabel('min_requests (scores the guard waits for)')
+    ax1.set(ylabel='users exposed before rollback', title='A bad model: users it reaches')
+    ax2.set(ylabel='largest PSI vs champion (log scale)', yscale='log',
+            title='A good model: rolled back above the line')
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.3)   # no tight_layout: it draws twice
+    return fig
+
+# %% ../nbs/09_deploy.ipynb #22f4ba91
+def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
+    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
+    from IPython import get_ipython
+    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    if not draw: return
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=80)
+    display(Image(buf.getvalue()))
+
+def canary_panel(grid:pd.DataFrame, # `canary_grid`: the sliders pick a share from it
+                 share:float=0.05, min_requests:int=200, max_psi:float=0.25, # the starting values
+                 bad:str='percent bug', good:str='retrain',
+                 draw:bool|None=None): # the figure: None draws it only in a Jupyter kernel
+    "Sliders over the canary's share, the guard's `min_requests` and `max_psi`; the figure and table follow them."
+    from ipywidgets import FloatLogSlider, IntSlider, SelectionSlider, interactive
+    def show(share, min_requests, max_psi):
+        _show_figure(plot_canary(grid, share, min_requests, max_psi, bad, good), draw)
+        return canary_table(grid, share, min_requests, max_psi)
+    shares = sorted(grid.share.unique())
+    return interactive(show, share=SelectionSlider(options=[(f'{s:.0%}', s) for s in shares], value=share),
+                       min_requests=IntSlider(value=min_requests, min=10, max=2000, step=10),
+                       max_psi=FloatLogSlider(value=max_psi, min=-2, max=1))
 
 # %% ../nbs/09_deploy.ipynb #0966c4d5
 def _norm():

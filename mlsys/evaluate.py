@@ -21,8 +21,8 @@ __all__ = ['MIN_POSITIVES', 'ON_INSUFFICIENT', 'classification_metrics', 'bootst
            'reliability_diagram', 'recall_at_k', 'ndcg_at_k', 'mrr', 'mean_average_precision', 'add_slices',
            'slice_report', 'worst_gap', 'plot_slices', 'Costs', 'expected_cost', 'choose_thresholds', 'GateResult',
            'GateFailed', 'check_gates', 'gate_min_quality', 'gate_no_regression', 'gate_slice_gap', 'score',
-           'gate_latency', 'run_gates', 'gate_no_regression_paired', 'judged_window', 'Evaluation',
-           'evaluate_candidate', 'evaluate_model']
+           'gate_latency', 'run_gates', 'gate_no_regression_paired', 'judged_window', 'cost_curves', 'threshold_table',
+           'plot_cost_curves', 'threshold_panel', 'Evaluation', 'evaluate_candidate', 'evaluate_model']
 
 # %% ../nbs/06_evaluate.ipynb #53b0c651
 def _binary(y, p, need_both:bool=True) -> tuple[np.ndarray, np.ndarray]:
@@ -353,13 +353,11 @@ def expected_cost(y, p, amount, # labels, scores, transaction amounts
             'total_usd': float(total), 'per_1000': float(1000 * total / len(y))}
 
 # %% ../nbs/06_evaluate.ipynb #e90db78f
-def choose_thresholds(y, p, amount, costs:Costs=Costs()) -> tuple[float, float]:
-    "The (review, block) thresholds with the lowest total cost on `y`, `p`, `amount`; `inf` means never."
-    y, p, a = _cost_inputs(y, p, amount)
-    t = np.r_[np.unique(p), np.inf]
-    pos = np.searchsorted(np.sort(p), t)  # rows with p >= t[i]: n - pos[i]
+def _cost_parts(y:np.ndarray, p:np.ndarray, a:np.ndarray, t:np.ndarray, costs:Costs) -> tuple[np.ndarray, np.ndarray]:
+    "The cost of reviewing at `p >= t[i]` and blocking at `p >= t[j]` (`j >= i`) is `review_part[i] + block_part[j]`."
     order = np.argsort(p, kind='stable')
-    ys, as_ = y[order], a[order] * y[order]
+    ps, ys, as_ = p[order], y[order], a[order] * y[order]
+    pos = np.searchsorted(ps, t)  # rows with p >= t[i]: n - pos[i]
     ge = lambda v: np.r_[np.cumsum(v[::-1])[::-1], 0][pos]                     # sum of v over rows with p >= t[i]
     n_ge, good_ge, fraud_amt_ge = len(p) - pos, ge(1.0 - ys), ge(as_)
     c, fl = costs.review_catch, costs.fraud_loss
@@ -367,6 +365,13 @@ def choose_thresholds(y, p, amount, costs:Costs=Costs()) -> tuple[float, float]:
     review_part = fl * as_.sum() - c * fl * fraud_amt_ge + costs.review * n_ge
     # ... corrected for blocking >= t[j]
     block_part = costs.false_block * good_ge - costs.review * n_ge - (1 - c) * fl * fraud_amt_ge
+    return review_part, block_part
+
+def choose_thresholds(y, p, amount, costs:Costs=Costs()) -> tuple[float, float]:
+    "The (review, block) thresholds with the lowest total cost on `y`, `p`, `amount`; `inf` means never."
+    y, p, a = _cost_inputs(y, p, amount)
+    t = np.r_[np.unique(p), np.inf]
+    review_part, block_part = _cost_parts(y, p, a, t, costs)
     best_block = np.minimum.accumulate(block_part[::-1])[::-1]
     i = int(np.argmin(review_part + best_block))
     j = i + int(np.argmin(block_part[i:]))
@@ -574,6 +579,78 @@ def judged_window(val:pd.DataFrame, test:pd.DataFrame, # labelled validation and
                  '(the last epoch was chosen on validation)', n_test, min_positives, window['positives'])
     return wide, window
 
+# %% ../nbs/06_evaluate.ipynb #4ee494d9
+def cost_curves(y, p, amount, # labels, scores, transaction amounts
+                review_t:float, block_t:float, # the thresholds held fixed while the other one moves
+                costs:Costs=Costs(), grid=None, # thresholds to price (default: 201 quantiles of `p`)
+               ) -> pd.DataFrame: # per threshold: `review moves` and `block moves` ($ per 1,000; NaN if not a policy)
+    "Cost per 1,000 transactions as the review threshold moves (block held), and as the block threshold moves."
+    y, p, a = _cost_inputs(y, p, amount)
+    t = np.unique(np.quantile(p, np.linspace(0, 1, 201))) if grid is None else np.asarray(grid, dtype=float)
+    r, b = _cost_parts(y, p, a, np.r_[t, review_t, block_t], costs)
+    k = 1000 / len(y)
+    return pd.DataFrame({'review moves': np.where(t <= block_t, (r[:-2] + b[-1]) * k, np.nan),
+                         'block moves': np.where(t >= review_t, (r[-2] + b[:-2]) * k, np.nan)},
+                        index=pd.Index(t, name='threshold'))
+
+def threshold_table(y, p, amount, review_t:float, block_t:float, costs:Costs=Costs()) -> pd.DataFrame:
+    "Outcomes and cost per 1,000 of these thresholds, of the cheapest pair on the same rows, and of the two baselines."
+    policies = {'these thresholds': (review_t, block_t),
+                'cheapest here (hindsight)': choose_thresholds(y, p, amount, costs),
+                'approve all': (np.inf, np.inf), 'review all': (0.0, np.inf)}
+    cols = ['review_t', 'block_t', 'block', 'review', 'fraud_approved', 'good_blocked', 'per_1000']
+    return pd.DataFrame({k: expected_cost(y, p, amount, r, b, costs) for k, (r, b) in policies.items()}).T[cols]
+
+# %% ../nbs/06_evaluate.ipynb #198eef7e
+def plot_cost_curves(curves:pd.DataFrame, # `cost_curves`
+                     table:pd.DataFrame): # `threshold_table` of the same thresholds
+    "The two cost curves on a log scale, the thresholds as points, the baselines as lines."
+    from matplotlib.figure import Figure    # no pyplot: safe in a job or a thread
+    here = table.loc['these thresholds']
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.subplots()
+    held = {'review moves': f'block at {here.block_t:.3g}', 'block moves': f'review at {here.review_t:.3g}'}
+    for col, c in (('review moves', 'C0'), ('block moves', 'C1')):
+        ax.plot(curves.index, curves[col], color=c, label=f"{col.split()[0]} threshold moves ({held[col]})")
+    ax.scatter([min(here.review_t, 1), min(here.block_t, 1)], [here.per_1000] * 2, color=['C0', 'C1'], zorder=3, s=40)
+    for name, ls in (('approve all', '--'), ('review all', ':')):
+        ax.axhline(table.per_1000[name], color='grey', ls=ls, lw=1, label=f'{name}: ${table.per_1000[name]:,.0f}')
+    ax.set_yscale('log')
+    ax.set_xscale('logit', nonpositive='clip')    # room for the scores crowded near 0 and 1
+    ax.set(xlabel='score threshold (logit scale)', ylabel='cost per 1,000 transactions ($, log scale)',
+           title=f"Cost over the thresholds: ${here.per_1000:,.0f} per 1,000 at the points")
+    ax.legend(fontsize=8, loc='upper right')
+    return fig
+
+# %% ../nbs/06_evaluate.ipynb #be1c2674
+def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
+    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
+    from IPython import get_ipython
+    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    if not draw: return
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=80)
+    display(Image(buf.getvalue()))
+
+def threshold_panel(y, p, amount, # labels, scores, amounts of the window to price
+                    review_t:float=0.5, block_t:float=0.9, costs:Costs=Costs(), # the starting values
+                    draw:bool|None=None): # the figure: None draws it only in a Jupyter kernel
+    "Sliders over the review and block thresholds and the price of a false block; curves and table follow them."
+    from dataclasses import replace as with_
+    from ipywidgets import FloatLogSlider, FloatSlider, interactive
+    y, p, a = _cost_inputs(y, p, amount)
+    def show(review_t, block_t, false_block):
+        c = with_(costs, false_block=false_block)
+        block_t = max(block_t, review_t)     # blocks sit at or above reviews
+        table = threshold_table(y, p, a, review_t, block_t, c)
+        _show_figure(plot_cost_curves(cost_curves(y, p, a, review_t, block_t, c), table), draw)
+        return table
+    s = lambda v: FloatSlider(value=min(v, 1.0), min=0, max=1, step=0.001, readout_format='.3f')
+    return interactive(show, review_t=s(review_t), block_t=s(block_t),
+                       false_block=FloatLogSlider(value=costs.false_block, min=0, max=3, readout_format='.0f'))
+
 # %% ../nbs/06_evaluate.ipynb #8a371ead
 @dataclass
 class Evaluation:
@@ -594,6 +671,13 @@ class Evaluation:
     def cost_table(self) -> pd.Series:
         "Cost per 1,000 transactions of the chosen policy and the two baselines."
         return pd.Series({'policy': self.cost['per_1000'], **self.baselines}, name='cost per 1,000 transactions ($)')
+
+# %% ../nbs/06_evaluate.ipynb #cca8ffd7
+@patch
+def summary(self:Evaluation) -> pd.Series:
+    "One line per gate (its value against its threshold), then the cost per 1,000 transactions: the evaluate job's table."
+    gates = {f'gate: {g.name}': str(g).split(': ', 1)[1] for g in self.gates}   # value (threshold) detail
+    return pd.Series({**gates, **{f'cost: {k}': v for k, v in self.cost_table().items()}}, name='evaluation')
 
 # %% ../nbs/06_evaluate.ipynb #0c3f2b54
 def evaluate_candidate(model, pre, val:pd.DataFrame, test:pd.DataFrame, # candidate, preprocessor, windows with slices

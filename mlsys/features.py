@@ -349,7 +349,7 @@ def materialize(store, end:pd.Timestamp, start:pd.Timestamp|None=None) -> dict[s
     import contextlib, io
     done = {}
     for fv in store.list_feature_views():
-        if SPECS[fv.name].push: continue
+        if getattr(SPECS.get(fv.name), 'push', False): continue   # the stream writes push views
         # Feast's own progress bars
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             if fv.most_recent_end_time is None:

@@ -21,8 +21,9 @@ from .world import COUNTRIES
 # %% auto #0
 __all__ = ['GEO_IP', 'TRAVEL_HOURS', 'RULE_FIELDS', 'OPS', 'DEFAULT_RULES', 'ANOMALY_FEATURES', 'ANOMALY_BUDGET', 'ARMS',
            'ip_country', 'rule_context', 'RuleError', 'Condition', 'Rule', 'load_rules', 'rule_hits', 'rule_reasons',
-           'layered_frame', 'rule_report', 'tuned', 'anomaly_inputs', 'model_inputs', 'Layers', 'fit_layers',
-           'review_capacity', 'decide', 'decision_cost', 'judge', 'fit_and_score', 'recall_value', 'roi', 'bench_table']
+           'layered_frame', 'rule_report', 'tuned', 'anomaly_inputs', 'model_inputs', 'Layers', 'fit_model',
+           'fit_layers', 'review_capacity', 'decide', 'decision_cost', 'judge', 'fit_and_score', 'recall_value', 'roi',
+           'bench_table']
 
 # %% ../nbs/14_fraud.ipynb #aa179eed
 def _geo_table(seed:int=2024) -> np.ndarray:
@@ -203,10 +204,10 @@ def anomaly_inputs(ctx:pd.DataFrame) -> np.ndarray:
     x[_LOG] = np.log1p(x[_LOG].clip(lower=0))
     return x.fillna(-1).to_numpy()
 
-def model_inputs(ctx:pd.DataFrame) -> pd.DataFrame:
-    "The supervised layer's inputs: the platform's numeric fraud features."
+def model_inputs(ctx:pd.DataFrame, extra:Sequence[str]=()) -> pd.DataFrame:
+    "The supervised layer's inputs: the platform's numeric fraud features, then the `extra` columns (e.g. graph)."
     from mlsys.features import FRAUD_FEATURES
-    return ctx[[f for f in FRAUD_FEATURES if f not in ('timezone', 'country')]].astype(float)
+    return ctx[[f for f in FRAUD_FEATURES if f not in ('timezone', 'country')] + list(extra)].astype(float)
 
 # %% ../nbs/14_fraud.ipynb #63f1d79e
 @dataclass
@@ -219,28 +220,38 @@ class Layers:
     block_t: float
     anomaly_t: float
     reviews_per_day: int|None = None
+    extra: tuple[str, ...] = ()   # columns the model reads beyond the platform's features (`model_inputs`)
 
     def scores(self, ctx:pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         "Rule hits, model scores and anomaly scores of `ctx`."
-        return (rule_hits(self.rules, ctx), self.model.predict_proba(model_inputs(ctx))[:, 1],
+        return (rule_hits(self.rules, ctx), self.model.predict_proba(model_inputs(ctx, self.extra))[:, 1],
                 -self.detector.score_samples(anomaly_inputs(ctx)))
 
-def fit_layers(ctx:pd.DataFrame, # rule contexts with `is_fraud` and `available_at`
-               at:pd.Timestamp, # fit with what was known at this time
-               rules:list[Rule]|None=None, seed:int=0, reviews_per_day:int|None=None) -> Layers:
-    "Fit the model on labels known at `at`, its thresholds on the last labelled week, the detector on two weeks."
-    from sklearn.ensemble import HistGradientBoostingClassifier, IsolationForest
+def fit_model(ctx:pd.DataFrame, at:pd.Timestamp, seed:int=0,
+              extra:Sequence[str]=()) -> tuple[object, float, float]: # extra model columns of `ctx`
+    "The model fitted on the labels known at `at` but the last week's; its review and block thresholds on that week."
+    from sklearn.ensemble import HistGradientBoostingClassifier
     from mlsys.evaluate import choose_thresholds
     known = ctx[(ctx.ts < at) & (ctx.available_at <= at)]
     week = known.ts >= at - pd.Timedelta(days=7)
     model = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
-    model.fit(model_inputs(known[~week]), known.is_fraud[~week])
-    review_t, block_t = choose_thresholds(known.is_fraud[week], model.predict_proba(model_inputs(known[week]))[:, 1],
-                                          known.amount[week])
+    model.fit(model_inputs(known[~week], extra), known.is_fraud[~week])
+    last_week = model.predict_proba(model_inputs(known[week], extra))[:, 1]
+    review_t, block_t = choose_thresholds(known.is_fraud[week], last_week, known.amount[week])
+    return model, review_t, block_t
+
+def fit_layers(ctx:pd.DataFrame, # rule contexts with `is_fraud` and `available_at`
+               at:pd.Timestamp, # fit with what was known at this time
+               rules:list[Rule]|None=None, seed:int=0, reviews_per_day:int|None=None,
+               extra:Sequence[str]=()) -> Layers: # extra model columns of `ctx` (none: the platform's features)
+    "Fit the model and its thresholds (`fit_model`), and the detector on the two weeks before `at`."
+    from sklearn.ensemble import IsolationForest
+    model, review_t, block_t = fit_model(ctx, at, seed, extra)
     recent = ctx[(ctx.ts < at) & (ctx.ts >= at - pd.Timedelta(days=14))]
     detector = IsolationForest(n_estimators=200, random_state=seed, n_jobs=1).fit(anomaly_inputs(recent))
     anomaly_t = float(np.quantile(-detector.score_samples(anomaly_inputs(recent)), 1 - ANOMALY_BUDGET))
-    return Layers(rules or load_rules(DEFAULT_RULES), model, detector, review_t, block_t, anomaly_t, reviews_per_day)
+    return Layers(rules or load_rules(DEFAULT_RULES), model, detector, review_t, block_t, anomaly_t, reviews_per_day,
+                  tuple(extra))
 
 # %% ../nbs/14_fraud.ipynb #a4249232
 def review_capacity(analysts:int, hours_per_day:float=7.0, minutes_per_case:float=5.0) -> int:
@@ -302,9 +313,10 @@ def judge(layers:Layers, ctx:pd.DataFrame, scores:tuple, use:Sequence[str], nove
     new = ctx.pattern.eq(novel).to_numpy()
     return {**cost, 'novel_recall': float((d[new] != 'approve').mean()) if new.any() else np.nan}
 
-def fit_and_score(ctx:pd.DataFrame, at:pd.Timestamp, rules:list[Rule], seed:int=0, reviews_per_day:int|None=None):
+def fit_and_score(ctx:pd.DataFrame, at:pd.Timestamp, rules:list[Rule], seed:int=0, reviews_per_day:int|None=None,
+                  extra:Sequence[str]=()):
     "Layers fitted at `at`, the transactions from `at` on, and their scores: what `judge` needs."
-    layers = fit_layers(ctx, at, rules, seed=seed, reviews_per_day=reviews_per_day)
+    layers = fit_layers(ctx, at, rules, seed=seed, reviews_per_day=reviews_per_day, extra=extra)
     after = ctx[ctx.ts >= at].reset_index(drop=True)
     return layers, after, layers.scores(after)
 

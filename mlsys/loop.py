@@ -479,12 +479,12 @@ def run_loop(ws:Workspace|str|Path, # a workspace landed with held-back days, wi
     "Replay the held-back production days of `ws` under each policy of `cfg`; write and return `loop.json`."
     t0, cfg, out = time.perf_counter(), cfg or LoopConfig(), Path(out_dir)
     ws, say = ws if isinstance(ws, Workspace) else Workspace(ws), progress or get_logger('mlsys.loop').info
+    from mlsys.world import read_manifest
+    held = data['future_days'] if data else _prod_days(read_manifest(ws.lake))[1]   # checked before any work
+    n = cfg.simulate_days or held
+    if n > held: raise LoopError(f'simulate_days={n}: the lake holds back only {held} days (manifest future_days)')
     out.mkdir(parents=True, exist_ok=True)
     data = data or replay_world(ws.lake, out, say)
-    n = cfg.simulate_days or data['future_days']
-    if n > data['future_days']:
-        raise LoopError(f"simulate_days={n}: the lake holds back only {data['future_days']} days "
-                        "(manifest future_days)")
     runs = {p: _Replay(p, ws, out, data, cfg) for p in cfg.policies}
     for rp in runs.values(): _replay(rp, data, n, edit, say)
     res = _result(cfg, data, n, runs, _baseline(runs, data['drift_day'], n))

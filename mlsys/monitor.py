@@ -21,7 +21,8 @@ from .config import atomic_write, get_logger
 # %% auto #0
 __all__ = ['PII_FIELDS', 'BACKENDS', 'GROWING', 'WATCH_NUMERIC', 'WATCH_CATEGORICAL', 'MonitorError', 'hash_pii', 'PredictionLog',
            'join_prediction_labels', 'psi', 'DriftResult', 'DriftDetector', 'performance_by_day', 'concept_drift',
-           'system_metrics', 'daily_report', 'monitor_day', 'production_reference', 'daily_check']
+           'system_metrics', 'daily_report', 'monitor_day', 'drift_ramp', 'detection_delay', 'plot_ramp', 'ramp_panel',
+           'production_reference', 'daily_check']
 
 # %% ../nbs/10_monitor.ipynb #f70388e4
 PII_FIELDS = ('user_id', 'device_id', 'ip')
@@ -625,6 +626,95 @@ WATCH_NUMERIC = ('amount', 'user_spend_7d', 'user_tx_count_7d', 'user_avg_amount
                  'merchant_fraud_rate',
                  'device_users_30d', 'device_ips_30d', 'user_tx_5m', 'user_tx_60m', 'amount_to_avg_30d', 'user_is_new')
 WATCH_CATEGORICAL = ('country', 'local_hour')
+
+# %% ../nbs/10_monitor.ipynb #ae38e655
+def drift_ramp(detector:DriftDetector, # the monitor's detector: its reference, test level and PSI floor
+               windows:Sequence[pd.DataFrame], # clean days in order: `windows[0]` is the onset day
+               feature:str='amount', # the numeric feature that drifts
+               rates:Sequence[float]=(0, 0.01, 0.02, 0.05, 0.1, 0.2), # growth of `feature` a day since the onset
+               tables:Sequence[pd.DataFrame]|None=None, # `detector.check(w).table` of each window, if already computed
+              ) -> pd.DataFrame: # rate, day (1: the onset day), psi and p_value of `feature`, others_psi
+    "A gradual drift replayed on clean days: `feature` times `1 + rate * day`, tested as `detector` would."
+    if feature not in detector.numeric:
+        raise MonitorError(f'feature={feature!r}: not a numeric feature of the detector '
+                           f'({", ".join(detector.numeric)})')
+    one = DriftDetector(pd.DataFrame({feature: detector.ref_num[feature]}), [feature], p_val=detector.threshold,
+                        correction='none', psi_threshold=detector.psi_threshold, bins=detector.bins, min_rows=1)
+    tables = tables if tables is not None else [detector.check(w).table for w in windows]
+    # every other feature: the largest PSI among those significant that day (NaN: none)
+    others = [t.psi[(t.feature != feature) & t.significant].max() for t in tables]
+    rows = []
+    for r in rates:
+        for day, (w, tab) in enumerate(zip(windows, tables), 1):
+            if r == 0: t = tab.set_index('feature').loc[feature]     # not moved: the day's own test
+            else:
+                moved = pd.to_numeric(w[feature], errors='coerce') * (1 + r * day)
+                t = one.check(pd.DataFrame({feature: moved})).table.iloc[0]
+            rows.append({'rate': r, 'day': day, 'psi': t.psi, 'p_value': t.p_value, 'others_psi': others[day - 1]})
+    return pd.DataFrame(rows).assign(threshold=detector.threshold)
+
+def detection_delay(ramp:pd.DataFrame, # `drift_ramp`
+                    psi_threshold:float=0.1) -> pd.DataFrame: # the decision rule's PSI floor
+    "Per rate: the first day the drifting feature alarms (NaN: not within the days replayed), and the days any alarm."
+    hit = (ramp.p_value < ramp.threshold) & (ramp.psi >= psi_threshold)
+    any_alarm = hit | (ramp.others_psi >= psi_threshold)
+    g = ramp.assign(hit=hit, any_alarm=any_alarm).groupby('rate')
+    return pd.DataFrame({'first alarm (days after onset)': g.apply(lambda d: d.day[d.hit].min(), include_groups=False),
+                         'PSI on day 1': g.psi.first(), 'days with any alarm': g.any_alarm.sum(),
+                         'days replayed': g.day.max()})
+
+# %% ../nbs/10_monitor.ipynb #24f03c86
+def plot_ramp(ramp:pd.DataFrame, rate:float=0.05, psi_threshold:float=0.1, feature:str='amount'):
+    "PSI of the drifting feature over the days since onset, a line per rate; and the detection delay against the rate."
+    from matplotlib.figure import Figure    # no pyplot: safe in a job or a thread
+    delay = detection_delay(ramp, psi_threshold)
+    fig = Figure(figsize=(9, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, (r, d) in enumerate(ramp.groupby('rate')):
+        ax1.plot(d.day, d.psi.clip(lower=1e-4), color=f'C{i}', lw=3 if np.isclose(r, rate) else 1,
+                 label=f'{r:.0%} a day')
+    ax1.axhline(psi_threshold, color='k', ls='--', lw=1, label=f'PSI floor {psi_threshold:g}')
+    ax1.set(yscale='log', xlabel='days since the onset', ylabel=f'PSI of {feature} (log scale)',
+            title=f'{feature} grows by a share a day')
+    ax1.legend(fontsize=7, ncol=2)
+    first = delay['first alarm (days after onset)']
+    n_days = ramp.day.max()
+    ax2.plot(first.index * 100, first, '-o', color='C3', label='first alarm')
+    missed = first.index[first.isna()]
+    ax2.scatter(missed * 100, [n_days + 0.5] * len(missed), marker='x', color='grey', label=f'none in {n_days} days')
+    if np.isclose(first.index, rate).any():
+        ax2.scatter([rate * 100], [first.fillna(n_days + 0.5)[np.isclose(first.index, rate)].iloc[0]], s=150,
+                    facecolors='none', edgecolors='k', zorder=3)
+    ax2.legend(fontsize=8)
+    ax2.set(xlabel='growth of the feature (% a day)', ylabel='days from onset to first alarm', ylim=(0, n_days + 1),
+            title=f"floor {psi_threshold:g}: {int(delay.loc[0, 'days with any alarm']) if 0 in delay.index else 0} "
+                  f"of {n_days} clean days alarm")
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.3)   # no tight_layout: it draws twice
+    return fig
+
+# %% ../nbs/10_monitor.ipynb #3d9fdc7d
+def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
+    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
+    from IPython import get_ipython
+    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    if not draw: return
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=80)
+    display(Image(buf.getvalue()))
+
+def ramp_panel(ramp:pd.DataFrame, # `drift_ramp`: the sliders pick a rate from it
+               rate:float=0.05, psi_threshold:float=0.1, feature:str='amount', # the starting values
+               draw:bool|None=None): # the figure: None draws it only in a Jupyter kernel
+    "Sliders over the drift's rate and the PSI floor; the figure and the `detection_delay` table follow them."
+    from ipywidgets import FloatLogSlider, SelectionSlider, interactive
+    def show(rate, psi_threshold):
+        _show_figure(plot_ramp(ramp, rate, psi_threshold, feature), draw)
+        return detection_delay(ramp, psi_threshold)
+    rates = [(f'{r:.0%} a day', r) for r in sorted(ramp.rate.unique())]
+    return interactive(show, rate=SelectionSlider(options=rates, value=rate),
+                       psi_threshold=FloatLogSlider(value=psi_threshold, min=-3, max=0))
 
 # %% ../nbs/10_monitor.ipynb #f3cb1d9d
 from .config import write_json

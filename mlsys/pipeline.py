@@ -18,7 +18,8 @@ __all__ = ['STAGES', 'RECSYS_STAGES', 'SCENARIOS', 'OPTIONAL', 'GLOBAL_PARAMS', 
            'stage_parameters', 'check_params', 'RunResult', 'run']
 
 # %% ../nbs/16_pipeline.ipynb #4afca863
-STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'batch_predict', 'loop')
+STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict',
+          'loop')
 # the recommender (13b_recommend): the same lake and feature build, then its own jobs
 RECSYS_STAGES = ('ingest', 'validate', 'features', 'recsys_train', 'recsys_evaluate', 'recsys_register',
                  'recsys_index', 'recsys_batch')

@@ -17,16 +17,18 @@ from .compare import compare
 from .config import atomic_folder
 from .features import SPECS, item_popularity_table
 from .pit import READ_BEFORE, fast_training_set
-from .recsys import ALS, History, Popularity, Split, evaluate, fit_two_tower, released, time_split
+from .recsys import (ALS, SOURCES, History, Popularity, Split, evaluate, fit_two_tower, merge_candidates, released,
+                          time_split, top_k)
 from .retrieval import ItemIndex
 from .world import (GENRES, World, attraction, popularity_slates, read_manifest, read_table, simulate,
                          slate_feedback, world_latent)
 
 # %% auto #0
-__all__ = ['ITEM_FEATURES', 'ITEM_REFS', 'FEATURES', 'POSITION_MODES', 'SOURCES', 'DEFAULTS', 'impressions', 'randomized_bucket',
+__all__ = ['ITEM_FEATURES', 'ITEM_REFS', 'FEATURES', 'POSITION_MODES', 'DEFAULTS', 'GRIDS', 'impressions', 'randomized_bucket',
            'estimate_examination', 'ipw_weights', 'item_features', 'Snapshot', 'snapshot', 'ranking_features', 'Ranker',
            'fit_ranker', 'candidate_frame', 'freshness_boost', 'mmr', 'Recommender', 'train_recommender', 'rank_fusion',
-           'stage_lists', 'evaluate_recommender', 'experiment_arms', 'recsys_experiment', 'bench_recsys']
+           'stage_lists', 'evaluate_recommender', 'experiment_arms', 'recsys_experiment', 'validation_sweep',
+           'bench_recsys']
 
 # %% ../nbs/13a_ranking.ipynb #67d29fe7
 def impressions(inter:pd.DataFrame) -> pd.DataFrame:
@@ -186,39 +188,32 @@ def fit_ranker(X:pd.DataFrame, clicked, positions, # features, labels and slots 
     model.fit(X.assign(position=np.asarray(positions))[cols].to_numpy(), np.asarray(clicked), sample_weight=weight)
     return Ranker(model, position)
 
-# %% ../nbs/13a_ranking.ipynb #b4e4862e
-SOURCES = ('ann', 'covis', 'popular')
-
-def _top(scores:np.ndarray, n:int) -> np.ndarray:
-    "Column positions of each row's `n` largest finite scores, best first; -1 where fewer are finite."
-    n = min(n, scores.shape[1])
-    top = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    top = np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind='stable'), axis=1)
-    return np.where(np.isfinite(np.take_along_axis(scores, top, axis=1)), top, -1)
-
 # %% ../nbs/13a_ranking.ipynb #4b9f5b5c
+def _unblocked(ids:np.ndarray, blocked:np.ndarray, n:int) -> np.ndarray:
+    "Each row's first `n` ids that `blocked` (users, items) lets through, -1 padded."
+    rows = np.arange(len(ids))[:, None]
+    ok = (ids >= 0) & ~blocked[rows, np.maximum(ids, 0)]
+    ok &= np.cumsum(ok, axis=1) <= n
+    order = np.argsort(~ok, axis=1, kind='stable')[:, :n]             # the kept ids first, in their order
+    return np.where(np.take_along_axis(ok, order, axis=1), np.take_along_axis(ids, order, axis=1), -1)
+
 def candidate_frame(snap:Snapshot, user_ids, allowed:np.ndarray, # bool over items: may be recommended
                     popularity:np.ndarray, index:ItemIndex|None=None, # recent views per item; the ANN index
                     n_ann:int=60, n_covis:int=30, n_popular:int=30) -> pd.DataFrame:
-    "Candidates of `user_ids` (known to `snap`): user_id, item_id, source; clicked and disallowed items left out."
+    "`merge_candidates` of `user_ids` (known to `snap`) from the snapshot; clicked and disallowed items left out."
     pos = snap.rows(user_ids)
     if (pos < 0).any(): raise KeyError(f'users unknown to the snapshot: {list(np.asarray(user_ids)[pos < 0][:3])}')
-    blocked = snap.clicked[pos].toarray() > 0
-    blocked |= ~np.asarray(allowed, bool)[None, :]
-    vecs = snap.user_vectors[pos]
-    if index is None: ann = _top(np.where(blocked, -np.inf, vecs @ snap.item_vectors.T), n_ann)
-    else: ann = np.array([index.search(v, n_ann + 50) for v in vecs])
-    co = (snap.clicked[pos] @ snap.covis).toarray()
-    covis = _top(np.where(blocked | (co <= 0), -np.inf, co), n_covis)
-    popular = np.broadcast_to(_top(np.where(allowed, popularity, -np.inf)[None, :], n_popular), (len(pos), n_popular))
-    parts = [(ann, 'ann'), (covis, 'covis'), (popular, 'popular')]
-    frame = pd.concat([pd.DataFrame({'row': np.repeat(np.arange(len(pos)), ids.shape[1]), 'item_id': ids.ravel(),
-                                     'source': src}) for ids, src in parts], ignore_index=True)
-    frame = frame[frame.item_id >= 0]
-    frame = frame[~blocked[frame.row.to_numpy(), frame.item_id.to_numpy()]].drop_duplicates(['row', 'item_id'])
-    if index is not None:   # the index returns a few extra for the items blocked: keep `n_ann` per user
-        frame = frame[(frame.source != 'ann') | (frame.groupby(['row', 'source']).cumcount() < n_ann)]
-    return frame.assign(user_id=np.asarray(user_ids)[frame.row.to_numpy()])[['user_id', 'item_id', 'source']]
+    blocked = (snap.clicked[pos].toarray() > 0) | ~np.asarray(allowed, bool)[None, :]
+    vecs, co = snap.user_vectors[pos], (snap.clicked[pos] @ snap.covis).toarray()
+    if index is None: ann = top_k(np.where(blocked, -np.inf, vecs @ snap.item_vectors.T), n_ann)[0]
+    else: ann = _unblocked(np.array([index.search(v, n_ann + 50) for v in vecs]), blocked, n_ann)   # 50 spare
+    covis = top_k(np.where(blocked | (co <= 0), -np.inf, co), n_covis)[0]
+    popular = _unblocked(np.broadcast_to(top_k(np.where(allowed, popularity, -np.inf)[None, :], n_popular)[0],
+                                         (len(pos), n_popular)), blocked, n_popular)
+    rows = np.arange(len(pos))[:, None]
+    return merge_candidates(user_ids, {'ann': (ann, np.einsum('nd,nkd->nk', vecs, snap.item_vectors[ann])),
+                                       'covisit': (covis, co[rows, np.maximum(covis, 0)]),
+                                       'popular': (popular, np.asarray(popularity, float)[np.maximum(popular, 0)])})
 
 # %% ../nbs/13a_ranking.ipynb #65abf4d8
 def freshness_boost(scores, age_days, boost:float=0.2, half_life:float=7.0) -> np.ndarray:
@@ -390,7 +385,7 @@ def popular(self:Recommender, k:int, genres=None) -> list[dict]:
     "The degraded answer: the most viewed released items at training time (source 'popular'); no store, no index."
     self._check(k, genres)
     views = np.where(self._allowed(self.trained_at, genres), self.item_snapshot.item_views_7d.to_numpy(), -np.inf)
-    top = _top(views[None, :], k)[0]
+    top = top_k(views[None, :], k)[0][0]
     return [self._entry(i, views[i], 'popular', 'snapshot') for i in top[top >= 0]]
 
 @patch
@@ -407,8 +402,8 @@ def cold_start(self:Recommender, k:int, genres=None, now=None, store=None) -> li
     allowed, views = self._allowed(now, genres), feats.item_views_7d.to_numpy()
     new = allowed & (self.items.release_date > now - pd.Timedelta(days=self.config['fresh_days'])).to_numpy()
     n_new = min(int(round(k * self.config['cold_fresh_share'])), int(new.sum()))
-    fresh = _top(np.where(new, views + 1, -np.inf)[None, :], max(n_new, 1))[0][:n_new]
-    rest = _top(np.where(allowed & ~np.isin(np.arange(len(views)), fresh), views, -np.inf)[None, :], k - n_new)[0]
+    fresh = top_k(np.where(new, views + 1, -np.inf)[None, :], max(n_new, 1))[0][0][:n_new]
+    rest = top_k(np.where(allowed & ~np.isin(np.arange(len(views)), fresh), views, -np.inf)[None, :], k - n_new)[0][0]
     picked = [i for i in np.r_[rest[:k - n_new], fresh] if i >= 0]
     return [self._entry(i, views[i], 'cold_start', where) for i in picked]
 
@@ -520,6 +515,27 @@ def recsys_experiment(seed:int, n_days:int=28, k:int=10, **config) -> dict[str, 
     t = _training(w, seed, 7, 7, None, 30_000, {})
     rankers = {m: fit_ranker(t.X, t.rows.clicked, t.rows.position, m, t.exam, seed) for m in POSITION_MODES}
     return experiment_arms(t, rankers, _chain(t, rankers['ipw'], seed, {}, config), w.latent, k)
+
+# %% ../nbs/13a_ranking.ipynb #ab599416
+GRIDS = {'als': [{}, dict(regularization=1.0), dict(regularization=30.0), dict(alpha=1.0), dict(alpha=3.0),
+                 dict(factors=16), dict(factors=64), dict(factors=64, regularization=30.0, alpha=1.0)],
+         'two_tower': [{}, dict(temperature=0.05), dict(temperature=0.2), dict(lr=1e-2), dict(lr=1e-3), dict(dim=64),
+                       dict(dim=16), dict(batch_size=512)]}   # model: settings over its defaults; eight each
+
+def validation_sweep(source, grids:dict=GRIDS, seed:int=0, test_days:int=7, val_days:int=7) -> pd.DataFrame:
+    "Each setting of `grids` ('als', 'two_tower') trained before, and scored on, the validation week before the test."
+    unknown = sorted(set(grids) - set(GRIDS))
+    if unknown: raise ValueError(f'grids: unknown model(s) {unknown}; models: {sorted(GRIDS)}')
+    inter, items, *_ = _world_parts(source)
+    val = time_split(time_split(inter, test_days).train, val_days)
+    fits = {'als': lambda kw: ALS.fit(val.train, items, val.cutoff, seed=seed, **kw),
+            'two_tower': lambda kw: fit_two_tower(val.train, items, val.cutoff, seed=seed, **kw)}
+    rows = [{'model': 'popularity', 'setting': '{}',
+             **evaluate(Popularity.fit(val.train, items, val.cutoff).recommend(val.users), val, len(items))}]
+    for model, settings in grids.items():
+        rows += [{'model': model, 'setting': str(kw), **evaluate(fits[model](kw).recommend(val.users), val, len(items))}
+                 for kw in settings]
+    return pd.DataFrame(rows).assign(seed=seed)
 
 # %% ../nbs/13a_ranking.ipynb #266624dc
 def _bench_summary(runs:dict[int, dict]) -> tuple[dict, dict]:

@@ -273,9 +273,10 @@ def _matrix(lists:Sequence[list[dict]], k:int) -> np.ndarray:
 
 # %% ../nbs/13b_recommend.ipynb #2177d0e9
 def ndcg_per_user(recs:np.ndarray, relevant:Sequence, k:int=10) -> np.ndarray:
-    "NDCG@`k` of each row of `recs` against its user's `relevant` items (`13_recsys`'s `ndcg_at_k`, one user each)."
-    from mlsys.recsys import ndcg_at_k
-    return np.array([ndcg_at_k(row[None], [rel], k) for row, rel in zip(recs, relevant)])
+    "NDCG@`k` of each row of `recs` against its user's `relevant` items (`mlsys.evaluate.ndcg_at_k`, one user each)."
+    from mlsys.evaluate import ndcg_at_k
+    from mlsys.recsys import ranked_lists
+    return np.array([ndcg_at_k([row], [rel], k) for row, rel in zip(ranked_lists(recs), relevant)])
 
 # %% ../nbs/13b_recommend.ipynb #f6c561d2
 def gate_ndcg_no_regression(per_user:pd.DataFrame, # a row per user: `candidate` and, with a production, `production`

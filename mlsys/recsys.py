@@ -20,14 +20,15 @@ from fastcore.basics import patch
 from threadpoolctl import threadpool_limits
 
 from .config import atomic_folder
+from .evaluate import mrr, ndcg_at_k, recall_at_k
 from .retrieval import ItemIndex
 from .train import EpochBatches, EpochShuffle, fit, make_trainer
 from .world import GENRES
 
 # %% auto #0
-__all__ = ['SOURCES', 'Split', 'time_split', 'recall_at_k', 'ndcg_at_k', 'mrr', 'coverage', 'click_share', 'novelty', 'evaluate',
-           'History', 'top_k', 'released', 'Popularity', 'confidence_matrix', 'ALS', 'oracle_scores', 'TwoTower',
-           'TwoTowerRecommender', 'fit_two_tower', 'sessions', 'CoVisitation', 'candidates', 'candidate_recall']
+__all__ = ['SOURCES', 'Split', 'time_split', 'ranked_lists', 'coverage', 'click_share', 'novelty', 'evaluate', 'History', 'top_k',
+           'released', 'Popularity', 'confidence_matrix', 'ALS', 'oracle_scores', 'TwoTower', 'TwoTowerRecommender',
+           'fit_two_tower', 'sessions', 'CoVisitation', 'merge_candidates', 'candidates', 'candidate_recall']
 
 # %% ../nbs/13_recsys.ipynb #a4fbdda6
 @dataclass
@@ -67,36 +68,10 @@ def _check_k(k):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
         raise ValueError(f'k={k!r}: must be a whole number of at least 1')
 
-def _hits(recs, relevant, k:int) -> tuple[np.ndarray, np.ndarray]:
-    "Boolean (users, k) matrix of relevant recommendations, and each user's number of relevant items."
-    _check_k(k)
-    recs = np.atleast_2d(np.asarray(recs, dtype='int64'))[:, :k]
-    if len(recs) != len(relevant): raise ValueError(f'{len(recs)} rows of recommendations for {len(relevant)} users')
-    n_rel = np.array([len(r) for r in relevant], dtype='int64')
-    if (n_rel == 0).any(): raise ValueError(f'{int((n_rel == 0).sum())} user(s) have no relevant items')
-    width = int(max(recs.max(initial=0), max(int(np.max(r)) for r in relevant))) + 1
-    rows = np.arange(len(recs))[:, None]
-    truth = np.repeat(np.arange(len(recs)), n_rel) * width + np.concatenate(relevant)
-    return np.isin(rows * width + recs, truth) & (recs >= 0), n_rel
-
-def recall_at_k(recs, relevant, k:int=10) -> float:
-    "Mean over users of the share of their relevant items among the first `k` recommended."
-    hits, n_rel = _hits(recs, relevant, k)
-    return float(np.mean(hits.sum(axis=1) / n_rel))
-
-# %% ../nbs/13_recsys.ipynb #df18ee2e
-def ndcg_at_k(recs, relevant, k:int=10) -> float:
-    "Mean NDCG@`k` with binary gains: discounted hits over the discounted sum of a perfect list."
-    hits, n_rel = _hits(recs, relevant, k)
-    discount = 1 / np.log2(np.arange(2, hits.shape[1] + 2))
-    ideal = np.cumsum(discount)[np.minimum(n_rel, hits.shape[1]) - 1]
-    return float(np.mean(hits @ discount / ideal))
-
-def mrr(recs, relevant, k:int=10) -> float:
-    "Mean reciprocal rank of the first relevant item in the first `k` (0 for a user without one)."
-    hits, _ = _hits(recs, relevant, k)
-    first = hits.argmax(axis=1)
-    return float(np.mean(np.where(hits.any(axis=1), 1 / (first + 1), 0.0)))
+def ranked_lists(recs) -> list[list[int]]:
+    "Rows of a (users, k) id matrix as `mlsys.evaluate`'s ranked lists; each -1 becomes a distinct id, never relevant."
+    recs = np.atleast_2d(np.asarray(recs, dtype='int64'))
+    return np.where(recs >= 0, recs, -1 - np.arange(recs.shape[1])).tolist()   # padding keeps its rank, never hits
 
 # %% ../nbs/13_recsys.ipynb #ba9da144
 def coverage(recs, n_items:int, k:int=10) -> float:
@@ -119,9 +94,10 @@ def novelty(recs, share:np.ndarray, k:int=10) -> float:
 # %% ../nbs/13_recsys.ipynb #108ec6de
 def evaluate(recs, split:Split, n_items:int, k:int=10) -> dict:
     "Recall@k, NDCG@k, MRR, coverage and novelty of `recs` (rows in the order of `split.users`)."
-    share = click_share(split.train, n_items)
-    return {f'recall@{k}': recall_at_k(recs, split.relevant, k), f'ndcg@{k}': ndcg_at_k(recs, split.relevant, k),
-            'mrr': mrr(recs, split.relevant, k), 'coverage': coverage(recs, n_items, k),
+    _check_k(k)
+    lists, share = ranked_lists(recs), click_share(split.train, n_items)
+    return {f'recall@{k}': recall_at_k(lists, split.relevant, k), f'ndcg@{k}': ndcg_at_k(lists, split.relevant, k),
+            'mrr': mrr(lists, split.relevant, k), 'coverage': coverage(recs, n_items, k),
             'novelty': novelty(recs, share, k)}
 
 # %% ../nbs/13_recsys.ipynb #36b4e88e
@@ -310,7 +286,7 @@ def validation_step(self:TwoTower, batch, _):
     scores = self.user_vectors(users, self.history[users]) @ self.item_vectors().T
     top = scores.masked_fill(_seen_mask(self.history[users], scores.shape[1]), -torch.inf).topk(self.hparams.k).indices
     relevant = [self.val_relevant[u] for u in users.tolist()]
-    self.log('val_recall', recall_at_k(top.cpu().numpy(), relevant, self.hparams.k))
+    self.log('val_recall', recall_at_k(ranked_lists(top.cpu().numpy()), relevant, self.hparams.k))
 
 @patch
 def configure_optimizers(self:TwoTower):
@@ -483,26 +459,38 @@ def _ann_top(tower:TwoTowerRecommender, user_ids, n:int, index:ItemIndex|None, s
         ids[row, :len(found)] = found
     return ids, np.where(ids >= 0, np.einsum('nd,nkd->nk', vectors, tower.item_vectors[ids]), -np.inf)
 
+# %% ../nbs/13_recsys.ipynb #4a2eb8c1
+def merge_candidates(user_ids, found:dict) -> pd.DataFrame: # source name: (ids, scores), each (users, n), -1: none
+    "One row per proposed (user, item), users in order: source (the first finder), `<source>_score`s, n_sources."
+    user_ids = np.asarray(user_ids)
+    parts = [(name, np.asarray(found[name][0]), found[name][1]) for name in SOURCES if found.get(name) is not None]
+    if not parts: raise ValueError(f'found: no source returned candidates; sources are {SOURCES}')
+    width = 1 + max(int(ids.max(initial=0)) for _, ids, _ in parts)
+    rows = [np.repeat(np.arange(len(user_ids)), ids.shape[1]) * width + ids.ravel() for _, ids, _ in parts]
+    kept = [ids.ravel() >= 0 for _, ids, _ in parts]
+    key = np.concatenate([k[ok] for k, ok in zip(rows, kept)])          # (user row, item) keys, by source and rank
+    finder = np.repeat(np.arange(len(parts)), [ok.sum() for ok in kept])
+    pairs, first = np.unique(key, return_index=True)                     # sorted keys; where each is first found
+    order = np.lexsort((first, pairs // width))                          # by user, then by first finding
+    scores = {f'{n}_score': np.full(len(pairs), np.nan) for n in SOURCES}
+    for (name, _, s), k, ok in zip(parts, rows, kept):
+        scores[f'{name}_score'][np.searchsorted(pairs, k[ok])] = np.asarray(s, float).ravel()[ok]
+    out = pd.DataFrame({'user_id': user_ids[pairs[order] // width], 'item_id': pairs[order] % width,
+                        'source': np.array([name for name, _, _ in parts])[finder[first[order]]],
+                        **{n: col[order] for n, col in scores.items()}})
+    return out.assign(n_sources=out.filter(like='_score').notna().sum(axis=1))
+
+# %% ../nbs/13_recsys.ipynb #6054b213
 def candidates(user_ids, tower:TwoTowerRecommender, covisit:CoVisitation, popular:Popularity,
                n_ann:int=100, n_covisit:int=50, n_popular:int=50, # how many each source contributes per user
                index:ItemIndex|None=None, search_k:int=-1) -> pd.DataFrame: # ANN through `index` if given
-    "Merged candidates per user: user_id, item_id, source (first finder), a score per source, n_sources."
+    "Merged candidates per user (`merge_candidates`): user_id, item_id, source, a score per source, n_sources."
     for n in (n_ann, n_covisit, n_popular):
         if n: _check_k(n)                                        # 0 turns a source off
     user_ids = np.asarray(user_ids)
-    found = {'ann': _ann_top(tower, user_ids, n_ann, index, search_k) if n_ann else None,
-             'covisit': covisit.top(user_ids, n_covisit) if n_covisit else None,
-             'popular': popular.top(user_ids, n_popular) if n_popular else None}
-    long = pd.concat([pd.DataFrame({'user_id': np.repeat(user_ids, ids.shape[1]), 'item_id': ids.ravel(),
-                                    'source': name, 'score': scores.ravel()})
-                      for name, (ids, scores) in ((k, v) for k, v in found.items() if v is not None)])
-    long = long[long.item_id >= 0]
-    wide = long.pivot_table(index=['user_id', 'item_id'], columns='source', values='score', aggfunc='first')
-    wide = wide.reindex(columns=list(SOURCES)).add_suffix('_score').reset_index()
-    first = long.drop_duplicates(['user_id', 'item_id'])[['user_id', 'item_id', 'source']]   # source order, by rank
-    out = first.merge(wide, on=['user_id', 'item_id'], how='left')
-    out['n_sources'] = out.filter(like='_score').notna().sum(axis=1)
-    return out.sort_values('user_id', kind='stable').reset_index(drop=True)
+    return merge_candidates(user_ids, {'ann': _ann_top(tower, user_ids, n_ann, index, search_k) if n_ann else None,
+                                       'covisit': covisit.top(user_ids, n_covisit) if n_covisit else None,
+                                       'popular': popular.top(user_ids, n_popular) if n_popular else None})
 
 # %% ../nbs/13_recsys.ipynb #79ac2259
 def candidate_recall(cands:pd.DataFrame, split:Split) -> pd.Series:

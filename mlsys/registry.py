@@ -16,7 +16,8 @@ from .model_files import MODEL_FILES, RECIPE_KEYS, load_model, read_spec, write_
 
 # %% auto #0
 __all__ = ['STAGES', 'RegistryError', 'NotFound', 'ChecksumError', 'SchemaError', 'PromotionRefused', 'sha256', 'checksums',
-           'model_card', 'Registry', 'rebuild_command', 'train_lineage', 'register_evaluated', 'register_run']
+           'model_card', 'Registry', 'production_model', 'rebuild_command', 'train_lineage', 'register_evaluated',
+           'register_run']
 
 # %% ../nbs/07_registry.ipynb #168149c7
 class RegistryError(ValueError):
@@ -211,6 +212,13 @@ def _verified(self:Registry, name:str, ref:int|str) -> dict:
     bad = self.verify(name, row['version'])
     if bad: raise ChecksumError(f"{name}:{row['version']} refused: " + '; '.join(bad))
     return row
+
+# %% ../nbs/07_registry.ipynb #9afdf800
+def production_model(ws, # a `Workspace` or its folder
+                     name:str) -> tuple|None: # a registered model's name
+    "`Registry.production(name)` in workspace `ws`: (model, preprocessor, row), or None before the first promotion."
+    from mlsys.config import Workspace
+    return Registry((ws if isinstance(ws, Workspace) else Workspace(ws)).models).production(name)
 
 # %% ../nbs/07_registry.ipynb #bb85cec0
 @patch

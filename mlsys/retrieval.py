@@ -19,8 +19,8 @@ from .world import GENRES, latent_factors
 
 # %% auto #0
 __all__ = ['SERVING', 'FILTER_EXACT_BELOW', 'catalogue', 'exact_search', 'recall_at_k', 'ItemIndex', 'IndexMismatch', 'sweep',
-           'pareto', 'HNSWIndex', 'PQRerank', 'plot_frontier', 'vector_memory', 'publish', 'open_current',
-           'bench_retrieval']
+           'pareto', 'HNSWIndex', 'PQRerank', 'plot_frontier', 'knob_view', 'plot_knobs', 'knob_panel', 'vector_memory',
+           'publish', 'open_current', 'bench_retrieval']
 
 # %% ../nbs/12_retrieval.ipynb #f12be9c7
 def catalogue(n_items:int, # how many item vectors
@@ -238,6 +238,78 @@ def plot_frontier(rows:pd.DataFrame, # `sweep` rows of several methods
 
 # %% ../nbs/12_retrieval.ipynb #54dd557a
 SERVING = {'n_trees': 50, 'search_k': 2_000}     # the recommender's annoy setting (recall@10 >= 0.95, asserted above)
+
+# %% ../nbs/12_retrieval.ipynb #b9fb46e3
+_KNOBS = ['n_trees', 'search_k', 'recall_at_10', 'ms_per_query']
+
+def knob_view(rows:pd.DataFrame, # `sweep` rows of annoy settings (`n_trees`, `search_k`, recall, latency)
+              n_trees:int, search_k:int, # the setting to read
+              exact_ms:float|None=None, # exact search's milliseconds per query, for the speedup
+              target:float=0.95) -> pd.DataFrame: # the recall goal
+    "The measured setting beside the fastest measured setting that reaches `target` recall@10."
+    a = rows[rows.method == 'annoy'] if 'method' in rows else rows
+    a = a[_KNOBS].astype(float)
+    pick = a[(a.n_trees == n_trees) & (a.search_k == search_k)]
+    if pick.empty:
+        trees, ks = (sorted(a[c].unique().astype(int).tolist()) for c in ('n_trees', 'search_k'))
+        raise ValueError(f'n_trees={n_trees}, search_k={search_k}: not measured; the grid holds n_trees {trees} '
+                         f'and search_k {ks}')
+    good = a[a.recall_at_10 >= target]
+    out = {'this setting': pick.iloc[0]}
+    if len(good): out[f'fastest reaching {target:g}'] = good.loc[good.ms_per_query.idxmin()]
+    out = pd.DataFrame(out).T.astype({'n_trees': int, 'search_k': int})
+    if exact_ms: out['speedup_vs_exact'] = exact_ms / out.ms_per_query
+    return out.assign(meets_target=out.recall_at_10 >= target)
+
+# %% ../nbs/12_retrieval.ipynb #95b5ff40
+def plot_knobs(rows:pd.DataFrame, n_trees:int, search_k:int, # `sweep` rows of annoy settings; the setting to mark
+               exact_ms:float|None=None, target:float=0.95):
+    "Recall@10 and milliseconds per query against `search_k`, a line per `n_trees`, the setting circled."
+    from matplotlib.figure import Figure    # no pyplot: safe in a job or a thread
+    a = rows[rows.method == 'annoy'] if 'method' in rows else rows
+    fig = Figure(figsize=(9, 3.8))
+    ax1, ax2 = fig.subplots(1, 2)
+    for i, (t, d) in enumerate(a.sort_values('search_k').groupby('n_trees')):
+        ax1.plot(d.search_k, d.recall_at_10, '-o', ms=3, color=f'C{i}', label=f'{t} trees')
+        ax2.plot(d.search_k, d.ms_per_query, '-o', ms=3, color=f'C{i}', label=f'{t} trees')
+    here = a[(a.n_trees == n_trees) & (a.search_k == search_k)]
+    for ax, col in ((ax1, 'recall_at_10'), (ax2, 'ms_per_query')):
+        ax.scatter(here.search_k, here[col], s=150, facecolors='none', edgecolors='k', zorder=3,
+                   label=f'{n_trees} trees, search_k {search_k}')
+        ax.set_xlabel('search_k (nodes inspected per query)')
+    ax1.axhline(target, color='grey', ls=':', lw=1, label=f'goal {target:g}')
+    if exact_ms: ax2.axhline(exact_ms, color='k', ls='--', lw=1, label='exact search')
+    ax1.set(ylabel='recall@10', title='Recall rises with search_k and trees')
+    ax2.set(ylabel='milliseconds per query (one at a time)', title='and so does the time a query takes')
+    ax1.legend(fontsize=8, loc='lower right')
+    ax2.legend(fontsize=8, loc='upper left')
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.9, wspace=0.3)   # no tight_layout: it draws twice
+    return fig
+
+# %% ../nbs/12_retrieval.ipynb #f4acaada
+def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
+    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
+    from IPython import get_ipython
+    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    if not draw: return
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=80)
+    display(Image(buf.getvalue()))
+
+def knob_panel(rows:pd.DataFrame, # `sweep` rows of annoy settings: the grid the sliders pick from
+               n_trees:int=SERVING['n_trees'], search_k:int=SERVING['search_k'], # the starting setting
+               exact_ms:float|None=None, target:float=0.95,
+               draw:bool|None=None): # the figure: None draws it only in a Jupyter kernel
+    "Sliders over the measured `n_trees` and `search_k`; the figure and the table of `knob_view` follow them."
+    from ipywidgets import SelectionSlider, interactive
+    a = rows[rows.method == 'annoy'] if 'method' in rows else rows
+    def show(n_trees, search_k):
+        _show_figure(plot_knobs(a, n_trees, search_k, exact_ms, target), draw)
+        return knob_view(a, n_trees, search_k, exact_ms, target)
+    pick = lambda col, v: SelectionSlider(options=sorted(int(x) for x in a[col].unique()), value=v)
+    return interactive(show, n_trees=pick('n_trees', n_trees), search_k=pick('search_k', search_k))
 
 # %% ../nbs/12_retrieval.ipynb #c339e3ec
 def vector_memory(n_vectors:int, dim:int, # how many vectors, of what dimension

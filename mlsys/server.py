@@ -194,9 +194,10 @@ class ServeContext:
     metrics: ServingMetrics
 
 async def _start(app, ctx:ServeContext, predictors:dict):
-    "Build and start every predictor, the fraud one first, after warming up the feature store."
-    fraud = FraudPredictor(ctx.ws, ctx.cfg, ctx.store, ctx.metrics)
-    app.state.predictors = {'/predict': fraud, **{route: make(ctx) for route, make in predictors.items()}}
+    "Build and start every predictor, the fraud one first (`predictors['/predict']` may replace it), warm the store."
+    make = predictors.get('/predict', lambda c: FraudPredictor(c.ws, c.cfg, c.store, c.metrics))
+    fraud = make(ctx)
+    app.state.predictors = {'/predict': fraud, **{r: m(ctx) for r, m in predictors.items() if r != '/predict'}}
     if ctx.store is not None:
         try: fraud.features.fetch([EntityInstance(user_id='warm-up', merchant_id=0, device_id='warm-up', amount=1.0)])
         except Exception as e: ctx.metrics.log.warning('feature store warm-up failed: %s', e)
@@ -234,7 +235,7 @@ def create_app(workspace:str|Path|Workspace|None=None, # the workspace served; d
                   description='Fraud decisions from the registry model; see nbs/08_serve.ipynb and 08b_server.ipynb.')
     app.state.ready, app.state.metrics, app.state.predictors = False, ServingMetrics(), {}
     app.state.loads, app.state.dumps = _codec(cfg.json_lib)
-    for route in ('/predict', *predictors): _predictor_route(app, route, cfg.max_body_bytes)
+    for route in dict.fromkeys(('/predict', *predictors)): _predictor_route(app, route, cfg.max_body_bytes)
     _noop_route(app)
     _operations_routes(app)
     _admin_route(app, token)
@@ -249,8 +250,8 @@ def serve(workspace:str|Path|None=None, # the workspace served
           **config): # `ServeConfig` fields
     "Run the server for `workspace` on `host:port` until interrupted."
     import uvicorn
-    cfg = ServeConfig(**config)
-    where, routes = f'http://{host}:{port}', ''.join(f' and {r}' for r in predictors or {})
+    cfg, predictors = ServeConfig(**config), predictors or {}
+    where, routes = f'http://{host}:{port}', ''.join(f' and {r}' for r in predictors if r != '/predict')
     print(f'mlsys serve: {cfg.model}:{cfg.ref}{routes} on {where} (OpenAPI at /docs, metrics at /metrics)', flush=True)
     app = create_app(workspace, cfg, predictors=predictors)
     uvicorn.run(app, host=host, port=port, loop='uvloop', http='httptools', log_level='warning',

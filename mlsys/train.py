@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #f2194508
 from __future__ import annotations
-import itertools, json, logging, shutil, time, zlib
+import itertools, json, logging, shutil, time, warnings, zlib
 from collections.abc import Callable, Collection, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,9 +15,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-import lightning as L
-from fastcore.basics import patch
-from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 from .config import Workspace, atomic_write, frame_hash, get_logger, stable_hash, write_json
 
@@ -27,7 +24,27 @@ __all__ = ['HOLDOUT_SHARES', 'CATEGORICAL', 'EVAL_BATCH', 'RECIPE', 'BEST_PARAMS
            'FraudDataModule', 'TabularClassifier', 'EpochSeed', 'make_trainer', 'quiet_lightning', 'wandb_logger',
            'log_checkpoint', 'CheckpointError', 'check_checkpoint', 'check_checkpoint_state', 'fit', 'numeric_features',
            'training_set', 'RecipeError', 'recipe_params', 'Trained', 'train_model', 'load_best_params', 'job_params',
-           'gbt_baseline', 'train_job', 'bench_train']
+           'gbt_baseline', 'train_job', 'train_table', 'bench_train']
+
+# %% ../nbs/04_train.ipynb #12e63052
+def _torchmetrics_without_transformers() -> bool: # True when this call imported torchmetrics
+    "Import torchmetrics with its check for `transformers` answering no: it would import transformers for BERTScore."
+    import sys
+    from lightning_utilities.core.imports import RequirementCache
+    check = getattr(RequirementCache, '_check_requirement', None)
+    if 'torchmetrics' in sys.modules or check is None: return False
+    def no_transformers(req):
+        if str(req.requirement).startswith('transformers'): req.available, req.message = False, 'left out by mlsys'
+        else: check(req)
+    RequirementCache._check_requirement = no_transformers
+    try: import torchmetrics
+    finally: RequirementCache._check_requirement = check
+    return True
+
+_torchmetrics_without_transformers()
+import lightning as L
+from fastcore.basics import patch
+from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision
 
 # %% ../nbs/04_train.ipynb #3c4ed7b0
 class TrainingDataError(ValueError):
@@ -178,9 +195,11 @@ class FraudDataModule(L.LightningDataModule):
 class TabularClassifier(L.LightningModule):
     "Embeddings for categoricals + MLP, weighted BCE, AUROC/AUPRC metrics."
     def __init__(self, n_numeric:int, cardinalities:list[int], hidden:tuple=(64, 32), dropout:float=0.1, lr:float=3e-3,
-                 weight_decay:float=1e-5, pos_weight:float=1.0):
+                 weight_decay:float=1e-5, pos_weight:float=1.0,
+                 epoch_seed:int|None=None): # reseed every generator from `epoch_seed + epoch` as each epoch starts
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore='epoch_seed')   # a property of the run, not of the saved model
+        self.epoch_seed = epoch_seed
         self.emb = nn.ModuleList([nn.Embedding(c, min(16, (c + 1) // 2)) for c in cardinalities])
         width, layers = n_numeric + sum(e.embedding_dim for e in self.emb), []
         for h in hidden:
@@ -200,7 +219,10 @@ class TabularClassifier(L.LightningModule):
         loss = self.loss(self(num, cat), y)
         self._losses.append(loss.detach())
         return loss
-    def on_train_epoch_start(self): self._losses, self._epoch_start = [], time.perf_counter()
+    def on_train_epoch_start(self):   # `EpochSeed`'s work in a hook Lightning calls anyway: no calls added per step
+        if self.epoch_seed is not None:
+            L.seed_everything(self.epoch_seed + self.current_epoch, workers=True, verbose=False)
+        self._losses, self._epoch_start = [], time.perf_counter()
     def on_train_epoch_end(self):   # one log call per epoch: `self.log` costs ~1.7 ms, a third of a training step here
         if self.device.type == 'cuda': torch.cuda.synchronize()
         self.epoch_seconds.append(time.perf_counter() - self._epoch_start)   # a timing callback: ~100 calls a step
@@ -248,6 +270,7 @@ def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_
                  accumulate:int=1, clip:float=1.0, patience:int=3, ckpt_dir:str|Path|None=None, logger=False,
                  seed:int=0, deterministic:bool=True, progress:bool=False, tracking_dir:str|Path|None=None,
                  group:str|None=None, callbacks:list|tuple=(), monitor:str='val_auprc', mode:str='max',
+                 reseed:bool=True, # add `EpochSeed`; off when the module reseeds itself (`epoch_seed=`)
                  **kwargs) -> L.Trainer:
     "A Lightning `Trainer` configured for this project; see the text above for the choices."
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -259,7 +282,7 @@ def make_trainer(max_epochs:int=10, accelerator:str='auto', devices='auto', num_
         if devices == 'auto'
         else (devices if isinstance(devices, int) else len(devices))
     )
-    cbs = [EpochSeed(seed), *callbacks] + (
+    cbs = ([EpochSeed(seed)] if reseed else []) + [*callbacks] + (
         [EarlyStopping(monitor=monitor, mode=mode, patience=patience)] if patience else []
     )
     if ckpt_dir:
@@ -415,9 +438,11 @@ def train_model(dm:FraudDataModule, # the windows, preprocessor and tensors to t
     "Train a `TabularClassifier` with recipe `params` on `dm`, resuming from `ckpt_dir`'s `last.ckpt` if there is one."
     p = recipe_params(params)
     dm.batch_size = p['batch_size']
-    trainer = make_trainer(max_epochs=epochs, patience=patience, seed=seed, **trainer_kw)   # seeds: model after
+    trainer = make_trainer(max_epochs=epochs, patience=patience, seed=seed, reseed=False,   # seeds: model after;
+                           **trainer_kw)                       # the model reseeds each epoch, not a callback
     hp = {k: tuple(v) if k == 'hidden' else v for k, v in p.items() if k != 'batch_size'}
-    model = TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight, **hp)
+    model = TabularClassifier(len(dm.pre.numeric), dm.pre.cardinalities, pos_weight=dm.pos_weight, epoch_seed=seed,
+                              **hp)
     t0 = time.perf_counter()
     resumed = fit(trainer, model, dm)
     return Trained(model, trainer, dm, p, resumed, time.perf_counter() - t0)
@@ -475,34 +500,45 @@ def train_job(ws, # workspace (a `Workspace` or its folder)
               data:pd.DataFrame|None=None, # the labelled training set; default `training_set(ws)`
               **trainer_kw) -> tuple[Trained, dict]: # the trained model; `stage_output`'s keywords
     "The train stage: the recipe trained on the workspace's training set, tested, saved as files, a baseline beside it."
-    ws, out, log = ws if isinstance(ws, Workspace) else Workspace(ws), Path(out), get_logger('mlsys.train')
-    (p, source), data = job_params(ws, params, tuned), training_set(ws) if data is None else data
-    dm = FraudDataModule(data, numeric_features(), batch_size=p['batch_size'], val_days=val_days, test_days=test_days)
-    config, data_hash = {**p, 'epochs': epochs, 'patience': patience, 'seed': seed, 'accumulate': accumulate,
-                         'precision': precision, 'val_days': val_days, 'test_days': test_days}, frame_hash(data)
-    ckpt_dir = ws.tracking/'checkpoints'/stable_hash({'data': data_hash, 'config': config})
-    log.info('%d labelled rows: train %d, validation %d, test %d', len(data), *map(len, (dm.train_df, dm.val_df,
-             dm.test_df)))
-    t = train_model(dm, p, epochs, patience, seed, ckpt_dir=ckpt_dir, accumulate=accumulate, precision=precision,
-                    logger='wandb' if wandb else False, tracking_dir=ws.tracking, group='train', **trainer_kw)
-    best = t.trainer.checkpoint_callback.best_model_path   # empty with epochs=0: the untrained model is saved
-    test = t.trainer.test(t.model, dm, ckpt_path='best' if best else None, verbose=False)[0]   # restores the best
-    run = _finish_wandb(t.trainer, test, {**config, 'data_hash': data_hash, 'rows': len(data)}) if wandb else None
-    model_dir = save_model(out/'model', t.model, dm.pre, data_hash=data_hash, config=config, wandb_run=run,
-                           **_windows(dm))
-    if best: shutil.copy2(best, out/'best.ckpt')
-    shutil.rmtree(ckpt_dir, ignore_errors=True)   # finished: a rerun with the same inputs trains afresh
-    metrics = {'test_auprc': float(test['test_auprc']), 'test_auroc': float(test['test_auroc']),
-               'epochs': t.trainer.current_epoch, 'seconds': round(t.seconds, 2), 'resumed': bool(t.resumed),
-               'train_rows': len(dm.train_df), 'params': p}
-    log.info('%s: test AUPRC %.4f after %d epochs', f'resumed from {t.resumed}' if t.resumed else 'trained',
-             test['test_auprc'], metrics['epochs'])
-    if baseline: metrics['baseline_gbt'] = gbt_baseline(dm, seed)
+    ws = (ws if isinstance(ws, Workspace) else Workspace(ws)).ensure()
+    out, log = Path(out), get_logger('mlsys.train')
+    with warnings.catch_warnings():   # Feast's note on experimental features; Lightning's on one-process loaders
+        warnings.filterwarnings('ignore', message='.*(does not have many workers|LeafSpec|experimental).*')
+        (p, source), data = job_params(ws, params, tuned), training_set(ws) if data is None else data
+        dm = FraudDataModule(data, numeric_features(), batch_size=p['batch_size'], val_days=val_days,
+                             test_days=test_days)
+        config, data_hash = {**p, 'epochs': epochs, 'patience': patience, 'seed': seed, 'accumulate': accumulate,
+                             'precision': precision, 'val_days': val_days, 'test_days': test_days}, frame_hash(data)
+        ckpt_dir = ws.tracking/'checkpoints'/stable_hash({'data': data_hash, 'config': config})
+        log.info('%d labelled rows: train %d, validation %d, test %d', len(data), *map(len, (dm.train_df, dm.val_df,
+                 dm.test_df)))
+        t = train_model(dm, p, epochs, patience, seed, ckpt_dir=ckpt_dir, accumulate=accumulate, precision=precision,
+                        logger='wandb' if wandb else False, tracking_dir=ws.tracking, group='train', **trainer_kw)
+        best = t.trainer.checkpoint_callback.best_model_path   # empty with epochs=0: the untrained model is saved
+        test = t.trainer.test(t.model, dm, ckpt_path='best' if best else None, verbose=False)[0]   # restores the best
+        run = _finish_wandb(t.trainer, test, {**config, 'data_hash': data_hash, 'rows': len(data)}) if wandb else None
+        model_dir = save_model(out/'model', t.model, dm.pre, data_hash=data_hash, config=config, wandb_run=run,
+                               **_windows(dm))
+        if best: shutil.copy2(best, out/'best.ckpt')
+        shutil.rmtree(ckpt_dir, ignore_errors=True)   # finished: a rerun with the same inputs trains afresh
+        metrics = {'test_auprc': float(test['test_auprc']), 'test_auroc': float(test['test_auroc']),
+                   'epochs': t.trainer.current_epoch, 'seconds': round(t.seconds, 2), 'resumed': bool(t.resumed),
+                   'train_rows': len(dm.train_df), 'params': p}
+        log.info('%s: test AUPRC %.4f after %d epochs', f'resumed from {t.resumed}' if t.resumed else 'trained',
+                 test['test_auprc'], metrics['epochs'])
+        if baseline: metrics['baseline_gbt'] = gbt_baseline(dm, seed)
     write_json(out/'metrics.json', metrics)
     arts = {'model': model_dir, 'metrics': out/'metrics.json'} | ({'checkpoint': out/'best.ckpt'} if best else {})
     stage_metrics = {k: v for k, v in metrics.items() if k != 'params'} | {'wandb_run': run, 'recipe_source': source}
     return t, {'artifacts': arts, 'metrics': stage_metrics,
                'data_hashes': {'training_set': data_hash}}
+
+# %% ../nbs/04_train.ipynb #29b65829
+def train_table(stage:dict) -> pd.DataFrame: # `train_job`'s second result (or `stages/train.json` read back)
+    "The MLP's test metrics and training seconds beside the gradient-boosting baseline's: the train job's table."
+    m = stage['metrics']
+    mlp = {k: m[k] for k in ('test_auprc', 'test_auroc', 'seconds')}
+    return pd.DataFrame({'MLP': mlp, 'gradient boosting': m.get('baseline_gbt', {})}).T
 
 # %% ../nbs/04_train.ipynb #7bc20776
 def _raw_epochs(model, loader, epochs, device, bf16):

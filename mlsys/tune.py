@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import lightning as L
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, RandomSampler, TPESampler
@@ -21,6 +20,7 @@ from optuna.trial import FixedTrial, TrialState
 from .config import Workspace, get_logger, progress, write_json
 from .train import (BEST_PARAMS, CATEGORICAL, FraudDataModule, TabularClassifier, load_best_params,
                          quiet_lightning, train_model, wandb_logger)
+import lightning as L   # after mlsys.train, which imports torchmetrics without transformers
 
 # %% auto #0
 __all__ = ['SAMPLERS', 'PRUNERS', 'WIDTHS', 'BATCH_SIZES', 'make_sampler', 'make_pruner', 'suggest', 'EpochHistory', 'Objective',

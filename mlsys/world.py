@@ -21,8 +21,8 @@ __all__ = ['FAULTS', 'SCALES', 'world_config', 'COUNTRIES', 'CATEGORIES', 'DEVIC
            'SESSIONS_PER_DAY', 'EXAMINATION_DECAY', 'ATTRACTION', 'WATCH_SHARE', 'NEW_ITEM_SHARE', 'INTERACTION_STREAM',
            'EVENT_TABLES', 'REQUEST_FIELDS', 'WorldConfig', 'Latent', 'latent_factors', 'world_latent', 'examination',
            'attraction', 'click_probability', 'popularity_slates', 'slate_feedback', 'World', 'simulate', 'LakeError',
-           'write_lake', 'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest', 'serving_requests',
-           'load_movielens', 'load_creditcard']
+           'write_lake', 'read_manifest', 'partitions', 'read_table', 'ingest_config', 'ingest', 'ingest_output',
+           'serving_requests', 'load_movielens', 'load_creditcard']
 
 # %% ../nbs/01_world.ipynb #6ccb204a
 FAULTS = ('null_spike', 'schema_change', 'out_of_range', 'duplicate_keys', 'stale_partition', 'timezone_bug')
@@ -585,6 +585,16 @@ def ingest(lake:str|Path, # the lake folder
     w = simulate(cfg)
     get_logger('mlsys.ingest').info('simulated %s', w)
     return write_lake(w, lake, until_day=landed if kw.get('simulate_days') else None)
+
+# %% ../nbs/01_world.ipynb #a883b4ad
+def ingest_output(manifest:dict, # what `ingest` returned
+                  lake:str|Path) -> dict: # the lake it landed in
+    "The ingest stage's `stage_output` keywords: the lake and its manifest, rows per table, fraud rate, fault rows, hashes."
+    tables, lake = manifest['tables'], Path(lake)
+    return {'artifacts': {'lake': lake, 'manifest': lake/'_manifest.json'},
+            'metrics': {'rows': {t: v['rows'] for t, v in tables.items()}, 'fraud_rate': manifest['fraud']['rate'],
+                        'fault_rows_affected': (manifest['fault'] or {}).get('rows_affected', 0)},
+            'data_hashes': {t: v['hash'] for t, v in tables.items()}}
 
 # %% ../nbs/01_world.ipynb #5b07840f
 REQUEST_FIELDS = ['transaction_id', 'user_id', 'merchant_id', 'device_id', 'ip', 'channel', 'amount', 'ts']

@@ -6,8 +6,9 @@ PKG = Path(__file__).parents[1]/'mlsys'
 # Lowest first. The architecture, not the reading order: `04a_model_files` sits below training (which saves with it), and serving
 # sits above `09_deploy` and `10_monitor`, whose router and prediction log it hosts; its HTTP host (`server`) above it.
 LAYERS = ['config', 'compare', 'world', 'validate', 'features', 'pit', 'parity', 'model_files', 'train', 'tune', 'evaluate', 'registry',
-          'deploy', 'monitor', 'serve', 'server', 'retrain', 'loop', 'retrieval', 'recsys', 'ranking', 'recommend', 'fraud',
-          'explain', 'pipeline', 'bench', 'cli', 'bench_serve']
+          'deploy', 'monitor', 'serve', 'server', 'retrain', 'loop', 'retrieval', 'recsys', 'ranking', 'recommend', 'feedback',
+          'fraud', 'graph', 'explain', 'defence', 'capacity', 'llm', 'kv_serving', 'llm_tune', 'rag', 'rag_answer',
+          'pipeline', 'bench', 'cli', 'bench_serve']
 
 def modules() -> list[str]: return sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
 

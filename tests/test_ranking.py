@@ -64,7 +64,7 @@ def test_cold_start_user(rec, split):
     out = rec.recommend(['never-seen', known, 'never-seen'], 8)
     assert [len(x) for x in out] == [8, 8, 8]
     assert {e['source'] for e in out[0]} == {'cold_start'} and out[0] == out[2]
-    assert {e['source'] for e in out[1]} <= {'ann', 'covis', 'popular'}
+    assert {e['source'] for e in out[1]} <= {'ann', 'covisit', 'popular'}
     pop = rec.popular(5, genres=['drama'])
     assert [e['source'] for e in pop] == ['popular'] * 5 and {e['genre'] for e in pop} == {'drama'}
 

@@ -2,13 +2,17 @@
 import numpy as np, pandas as pd, pytest, torch
 import torch.nn.functional as F
 
-from mlsys.recsys import (ALS, CoVisitation, Popularity, TwoTowerRecommender, candidates, coverage, evaluate, fit_two_tower, mrr,
-                          ndcg_at_k, novelty, recall_at_k, released, time_split, top_k, _clicks)
+from mlsys.evaluate import mrr, ndcg_at_k, recall_at_k
+from mlsys.recsys import (ALS, CoVisitation, Popularity, TwoTowerRecommender, candidates, coverage, evaluate,
+                          fit_two_tower, novelty, ranked_lists, released, time_split, top_k, _clicks)
 from mlsys.train import quiet_lightning
 from mlsys.world import simulate
 
 def test_metrics_by_hand():
     recs, relevant = [[1, 2, 3], [4, 5, 6]], [np.array([2, 9]), np.array([6])]
+    assert ranked_lists([[5, -1, -1]]) == [[5, -2, -3]]   # padding keeps its slot, never a hit
+    assert mrr(ranked_lists([[-1, 7]]), [np.array([7])], 2) == 0.5
+    recs = ranked_lists(recs)
     assert recall_at_k(recs, relevant, 3) == pytest.approx((0.5 + 1) / 2)
     assert ndcg_at_k(recs, relevant, 3) == pytest.approx(((1 / np.log2(3)) / (1 + 1 / np.log2(3)) + 0.5) / 2)
     assert mrr(recs, relevant, 3) == pytest.approx((1 / 2 + 1 / 3) / 2)
@@ -17,13 +21,15 @@ def test_metrics_by_hand():
     share = np.full(10, 0.1)
     assert novelty(recs, share, k=3) == pytest.approx(np.log2(10))
 
-@pytest.mark.parametrize('fn', [recall_at_k, ndcg_at_k, mrr])
 @pytest.mark.parametrize('k', [0, -3, 2.5])
-def test_bad_k_is_named(fn, k):
-    with pytest.raises(ValueError, match=f'k={k!r}: must be a whole number'): fn([[1]], [np.array([1])], k)
+def test_bad_k_is_named(k):
+    days = [pd.Timestamp('2026-01-01', tz='UTC'), pd.Timestamp('2026-01-09', tz='UTC')]
+    split = time_split(pd.DataFrame({'user_id': ['a', 'a'], 'item_id': [1, 2], 'event': 'click', 'ts': days}))
+    with pytest.raises(ValueError, match=f'k={k!r}: must be a whole number'): evaluate([[1]], split, 5, k)
 
 def test_bad_input_named():
-    with pytest.raises(ValueError, match='2 rows of recommendations for 1 users'): recall_at_k([[1], [2]], [np.array([1])])
+    with pytest.raises(ValueError, match='2 ranked lists but 1 relevant sets'):
+        recall_at_k(ranked_lists([[1], [2]]), [np.array([1])])
     with pytest.raises(ValueError, match='k=0'): top_k([[1.0, 2.0]], 0)
     with pytest.raises(ValueError, match='k=0'): coverage([[1]], 5, k=0)
     log = pd.DataFrame({'user_id': ['a'], 'item_id': [1], 'ts': [pd.Timestamp('2026-01-01', tz='UTC')]})

@@ -7,7 +7,7 @@ from mlsys.evaluate import MIN_POSITIVES
 from mlsys.registry import Registry
 
 
-FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'batch_predict']
+FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict']
 
 
 def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):

@@ -30,3 +30,11 @@ def test_wandb_offline_without_network(tmp_path):
     runs = list((tmp_path/'tracking'/'wandb').glob('offline-run-*'))
     assert len(runs) == 1 and any(runs[0].rglob('*.wandb'))
     assert (tmp_path/'ckpt'/'last.ckpt').exists()
+
+
+def test_training_imports_leave_transformers_out():
+    "torchmetrics imports transformers for BERTScore whenever it is installed (~1 s a process); mlsys.train keeps it out."
+    import subprocess, sys
+    code = 'import sys, mlsys.train, mlsys.tune; assert "transformers" not in sys.modules, "transformers imported"'
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
