@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 # %% auto #0
 __all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'write_json', 'atomic_folder', 'SettingsError',
            'Settings', 'explain', 'validated', 'load_settings', 'seed_everything', 'measure', 'stable_hash',
-           'frame_hash', 'package_versions', 'lineage', 'model_lineage', 'get_logger', 'progress']
+           'frame_hash', 'package_versions', 'lineage', 'model_lineage', 'get_logger', 'progress', 'show_figure']
 
 # %% ../nbs/00_config.ipynb #85d1b4f4
 WORKSPACE_DIRS = ('lake', 'features', 'models', 'predictions', 'runs', 'tracking', 'monitoring', 'bench')
@@ -276,3 +276,18 @@ def progress(it:Iterable, desc:str='', total:int|None=None, logger:logging.Logge
             if pct >= next_pct and time.perf_counter() - t0 >= quiet:
                 log.info('%s %3d%% (%d/%d, %.1fs)', desc, pct, i, total, time.perf_counter() - t0)
                 next_pct = pct // 10 * 10 + 10
+
+# %% ../nbs/00_config.ipynb #4def1841
+def show_figure(fig, # a matplotlib `Figure`
+                draw:bool|None=None, # True: render; False: skip; None: render only in a Jupyter kernel
+               ) -> bytes|None: # the PNG shown, or None when skipped
+    "Display `fig` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
+    from IPython import get_ipython
+    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    if not draw: return None
+    import io
+    from IPython.display import Image, display
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=80)
+    display(Image(buf.getvalue()))
+    return buf.getvalue()

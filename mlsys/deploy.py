@@ -15,7 +15,7 @@ import pandas as pd
 from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .config import atomic_write, validated
+from .config import atomic_write, validated, show_figure
 
 # %% auto #0
 __all__ = ['MODES', 'ARMS', 'route_config', 'DeployError', 'RouteConfig', 'bucket', 'buckets', 'Router', 'psi', 'Guard',
@@ -415,17 +415,6 @@ def plot_canary(grid:pd.DataFrame, share:float, min_requests:int=200, max_psi:fl
     return fig
 
 # %% ../nbs/09_deploy.ipynb #22f4ba91
-def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
-    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
-    from IPython import get_ipython
-    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    if not draw: return
-    import io
-    from IPython.display import Image, display
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=80)
-    display(Image(buf.getvalue()))
-
 def canary_panel(grid:pd.DataFrame, # `canary_grid`: the sliders pick a share from it
                  share:float=0.05, min_requests:int=200, max_psi:float=0.25, # the starting values
                  bad:str='percent bug', good:str='retrain',
@@ -433,7 +422,7 @@ def canary_panel(grid:pd.DataFrame, # `canary_grid`: the sliders pick a share fr
     "Sliders over the canary's share, the guard's `min_requests` and `max_psi`; the figure and table follow them."
     from ipywidgets import FloatLogSlider, IntSlider, SelectionSlider, interactive
     def show(share, min_requests, max_psi):
-        _show_figure(plot_canary(grid, share, min_requests, max_psi, bad, good), draw)
+        show_figure(plot_canary(grid, share, min_requests, max_psi, bad, good), draw)
         return canary_table(grid, share, min_requests, max_psi)
     shares = sorted(grid.share.unique())
     return interactive(show, share=SelectionSlider(options=[(f'{s:.0%}', s) for s in shares], value=share),

@@ -14,7 +14,7 @@ import pandas as pd
 from fastcore.basics import patch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from .config import Workspace, get_logger, write_json
+from .config import Workspace, get_logger, write_json, show_figure
 
 # %% auto #0
 __all__ = ['MIN_POSITIVES', 'ON_INSUFFICIENT', 'classification_metrics', 'bootstrap_ci', 'expected_calibration_error',
@@ -623,17 +623,6 @@ def plot_cost_curves(curves:pd.DataFrame, # `cost_curves`
     return fig
 
 # %% ../nbs/06_evaluate.ipynb #be1c2674
-def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
-    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
-    from IPython import get_ipython
-    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    if not draw: return
-    import io
-    from IPython.display import Image, display
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=80)
-    display(Image(buf.getvalue()))
-
 def threshold_panel(y, p, amount, # labels, scores, amounts of the window to price
                     review_t:float=0.5, block_t:float=0.9, costs:Costs=Costs(), # the starting values
                     draw:bool|None=None): # the figure: None draws it only in a Jupyter kernel
@@ -645,7 +634,7 @@ def threshold_panel(y, p, amount, # labels, scores, amounts of the window to pri
         c = with_(costs, false_block=false_block)
         block_t = max(block_t, review_t)     # blocks sit at or above reviews
         table = threshold_table(y, p, a, review_t, block_t, c)
-        _show_figure(plot_cost_curves(cost_curves(y, p, a, review_t, block_t, c), table), draw)
+        show_figure(plot_cost_curves(cost_curves(y, p, a, review_t, block_t, c), table), draw)
         return table
     s = lambda v: FloatSlider(value=min(v, 1.0), min=0, max=1, step=0.001, readout_format='.3f')
     return interactive(show, review_t=s(review_t), block_t=s(block_t),

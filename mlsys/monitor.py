@@ -16,7 +16,7 @@ import pandas as pd
 
 from fastcore.basics import patch
 
-from .config import atomic_write, get_logger
+from .config import atomic_write, get_logger, show_figure
 
 # %% auto #0
 __all__ = ['PII_FIELDS', 'BACKENDS', 'GROWING', 'WATCH_NUMERIC', 'WATCH_CATEGORICAL', 'MonitorError', 'hash_pii', 'PredictionLog',
@@ -693,24 +693,13 @@ def plot_ramp(ramp:pd.DataFrame, rate:float=0.05, psi_threshold:float=0.1, featu
     return fig
 
 # %% ../nbs/10_monitor.ipynb #3d9fdc7d
-def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
-    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
-    from IPython import get_ipython
-    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    if not draw: return
-    import io
-    from IPython.display import Image, display
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=80)
-    display(Image(buf.getvalue()))
-
 def ramp_panel(ramp:pd.DataFrame, # `drift_ramp`: the sliders pick a rate from it
                rate:float=0.05, psi_threshold:float=0.1, feature:str='amount', # the starting values
                draw:bool|None=None): # the figure: None draws it only in a Jupyter kernel
     "Sliders over the drift's rate and the PSI floor; the figure and the `detection_delay` table follow them."
     from ipywidgets import FloatLogSlider, SelectionSlider, interactive
     def show(rate, psi_threshold):
-        _show_figure(plot_ramp(ramp, rate, psi_threshold, feature), draw)
+        show_figure(plot_ramp(ramp, rate, psi_threshold, feature), draw)
         return detection_delay(ramp, psi_threshold)
     rates = [(f'{r:.0%} a day', r) for r in sorted(ramp.rate.unique())]
     return interactive(show, rate=SelectionSlider(options=rates, value=rate),

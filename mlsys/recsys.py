@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-import lightning as L
 from fastcore.basics import patch
 from threadpoolctl import threadpool_limits
 
@@ -23,6 +22,7 @@ from .config import atomic_folder
 from .evaluate import mrr, ndcg_at_k, recall_at_k
 from .retrieval import ItemIndex
 from .train import EpochBatches, EpochShuffle, fit, make_trainer
+import lightning as L   # after mlsys.train, which imports torchmetrics without transformers
 from .world import GENRES
 
 # %% auto #0

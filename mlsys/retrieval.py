@@ -14,7 +14,7 @@ import pandas as pd
 from annoy import AnnoyIndex
 from fastcore.basics import patch
 
-from .config import atomic_folder, measure
+from .config import atomic_folder, measure, show_figure
 from .world import GENRES, latent_factors
 
 # %% auto #0
@@ -287,17 +287,6 @@ def plot_knobs(rows:pd.DataFrame, n_trees:int, search_k:int, # `sweep` rows of a
     return fig
 
 # %% ../nbs/12_retrieval.ipynb #f4acaada
-def _show_figure(fig, draw:bool|None=None): # None: draw only in a Jupyter kernel, where the panel can be seen
-    "Display a matplotlib `Figure` as a PNG (in a widget's output or a cell); skip the rendering where nobody sees it."
-    from IPython import get_ipython
-    if draw is None: draw = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
-    if not draw: return
-    import io
-    from IPython.display import Image, display
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=80)
-    display(Image(buf.getvalue()))
-
 def knob_panel(rows:pd.DataFrame, # `sweep` rows of annoy settings: the grid the sliders pick from
                n_trees:int=SERVING['n_trees'], search_k:int=SERVING['search_k'], # the starting setting
                exact_ms:float|None=None, target:float=0.95,
@@ -306,7 +295,7 @@ def knob_panel(rows:pd.DataFrame, # `sweep` rows of annoy settings: the grid the
     from ipywidgets import SelectionSlider, interactive
     a = rows[rows.method == 'annoy'] if 'method' in rows else rows
     def show(n_trees, search_k):
-        _show_figure(plot_knobs(a, n_trees, search_k, exact_ms, target), draw)
+        show_figure(plot_knobs(a, n_trees, search_k, exact_ms, target), draw)
         return knob_view(a, n_trees, search_k, exact_ms, target)
     pick = lambda col, v: SelectionSlider(options=sorted(int(x) for x in a[col].unique()), value=v)
     return interactive(show, n_trees=pick('n_trees', n_trees), search_k=pick('search_k', search_k))
