@@ -42,7 +42,7 @@ BENCH_MODULES = {'features': 'mlsys.pit:bench_features', 'train': 'mlsys.train:b
                  'serve': 'mlsys.bench_serve:bench_serve',
                  'retrieval': 'mlsys.recommend:bench_retrieval', 'fraud': 'mlsys.explain:bench_fraud',
                  'graph': 'mlsys.graph:bench_graph',
-                 'llm': 'mlsys.llm_tune:bench_llm', 'rag': 'mlsys.rag:bench_rag'}
+                 'llm': 'mlsys.llm_tune:bench_llm', 'rag': 'mlsys.rag_serve:bench_rag_serve'}
 
 def register(name:str):
     "Decorator: make a benchmark function available as `mlsys bench name`."

@@ -144,8 +144,11 @@ def _serve(args, settings) -> int:
     knobs = ('max_batch_size', 'max_queue_delay_ms', 'max_queue', 'feature_timeout_ms', 'json_lib', 'log_predictions')
     from mlsys.recommend import recommend_predictors   # /recommend beside /predict when a recommender is in production
     from mlsys.defence import defence_predictors   # /predict from the layered defence when fraud_layers is in production
+    from mlsys.llm_serve import llm_predictors   # /v1 (OpenAI-compatible) when a language model is in production
+    from mlsys.rag_serve import rag_predictors   # /ask when a RAG index is in service
     routes = {**recommend_predictors(settings.workspace),
-              **defence_predictors(settings.workspace, name, ref or 'production')}
+              **defence_predictors(settings.workspace, name, ref or 'production'),
+              **llm_predictors(settings.workspace), **rag_predictors(settings.workspace)}
     try: serve(settings.workspace.root, args.host, args.port, routes, model=name,
                ref=ref or 'production', **{k: getattr(args, k) for k in knobs})
     except ValidationError as e:

@@ -15,9 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # %% auto #0
-__all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'Workspace', 'atomic_write', 'write_json', 'atomic_folder', 'SettingsError',
-           'Settings', 'explain', 'validated', 'load_settings', 'seed_everything', 'measure', 'stable_hash',
-           'frame_hash', 'package_versions', 'lineage', 'model_lineage', 'get_logger', 'progress', 'show_figure']
+__all__ = ['WORKSPACE_DIRS', 'LINEAGE_PACKAGES', 'GUIDE_FILE', 'GUIDE_ENV', 'Workspace', 'atomic_write', 'write_json',
+           'atomic_folder', 'SettingsError', 'Settings', 'explain', 'validated', 'load_settings', 'seed_everything',
+           'measure', 'stable_hash', 'frame_hash', 'package_versions', 'lineage', 'model_lineage', 'get_logger',
+           'progress', 'guide_path', 'show_figure']
 
 # %% ../nbs/00_config.ipynb #85d1b4f4
 WORKSPACE_DIRS = ('lake', 'features', 'models', 'predictions', 'runs', 'tracking', 'monitoring', 'bench')
@@ -85,7 +86,8 @@ class Settings(BaseModel):
     home: Path = Field(Path('workspace'), description='workspace root (`MLSYS_HOME`)')
     seed: int = Field(42, ge=0, lt=2**32, description='global random seed')
     scale: Literal['small', 'medium'] = Field('small', description='size of the simulated world')
-    scenario: Literal['fraud', 'recsys'] = Field('fraud', description='which running example `mlsys run` builds')
+    scenario: Literal['fraud', 'recsys', 'rag'] = Field('fraud',
+                                                        description='which running example `mlsys run` builds')
     log_level: Literal['DEBUG', 'INFO', 'WARNING', 'ERROR'] = 'INFO'
     progress: Literal['auto', 'bar', 'log', 'off'] = Field('auto', description='progress bars, log lines or nothing')
     accelerator: Literal['auto', 'cpu', 'gpu'] = Field(
@@ -276,6 +278,18 @@ def progress(it:Iterable, desc:str='', total:int|None=None, logger:logging.Logge
             if pct >= next_pct and time.perf_counter() - t0 >= quiet:
                 log.info('%s %3d%% (%d/%d, %.1fs)', desc, pct, i, total, time.perf_counter() - t0)
                 next_pct = pct // 10 * 10 + 10
+
+# %% ../nbs/00_config.ipynb #b7269455
+GUIDE_FILE = '000_1937aef8664ee46d.txt'
+GUIDE_ENV = 'MLSYS_GUIDE'
+
+def guide_path() -> Path:
+    "The guide's text: `$MLSYS_GUIDE`, else `shared/seed/GUIDE_FILE` in the nearest folder above the package or the cwd."
+    if os.environ.get(GUIDE_ENV): return Path(os.environ[GUIDE_ENV]).expanduser()
+    import mlsys
+    starts = (Path(mlsys.__file__).resolve().parent, Path.cwd().resolve())
+    found = (f/'shared'/'seed'/GUIDE_FILE for s in starts for f in (s, *s.parents))
+    return next((p for p in found if p.is_file()), starts[0].parents[1]/'shared'/'seed'/GUIDE_FILE)
 
 # %% ../nbs/00_config.ipynb #4def1841
 def show_figure(fig, # a matplotlib `Figure`

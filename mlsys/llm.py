@@ -16,27 +16,19 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning as L
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .config import atomic_write
+from .config import GUIDE_ENV, atomic_write, guide_path
 from .model_files import load_model, model_class, save_model
 
 # %% auto #0
-__all__ = ['SEED_FILE', 'EOS', 'seed_path', 'seed_text', 'BPETokenizer', 'KVCache', 'AttentionCore', 'Attention', 'Block',
-           'sinusoids', 'TinyLM', 'parameter_shares', 'attention_flops', 'LMDataModule', 'TrainedLM', 'train_lm',
-           'save_lm', 'register_lm', 'generate', 'generation_flops']
+__all__ = ['EOS', 'seed_text', 'BPETokenizer', 'KVCache', 'AttentionCore', 'Attention', 'Block', 'sinusoids', 'TinyLM',
+           'parameter_shares', 'attention_flops', 'LMDataModule', 'TrainedLM', 'train_lm', 'save_lm', 'register_lm',
+           'generate', 'generation_flops']
 
 # %% ../nbs/20_llm.ipynb #1f9f4bf1
-SEED_FILE = '000_1937aef8664ee46d.txt'
-
-def seed_path() -> Path:
-    "The guide's text: `$MLSYS_SEED_TEXT`, else `shared/seed/` beside the project folder."
-    if os.environ.get('MLSYS_SEED_TEXT'): return Path(os.environ['MLSYS_SEED_TEXT'])
-    import mlsys
-    return Path(mlsys.__file__).resolve().parents[2]/'shared'/'seed'/SEED_FILE
-
 def seed_text(path:str|Path|None=None) -> str:
-    "The text at `path` (default `seed_path()`); a missing file is named in the error."
-    path = Path(path or seed_path())
-    if not path.exists(): raise FileNotFoundError(f'training text {path} not found: set MLSYS_SEED_TEXT to a text file')
+    "The text at `path` (default `config.guide_path()`); a missing file is named in the error."
+    path = Path(path or guide_path())
+    if not path.exists(): raise FileNotFoundError(f'training text {path} not found: set {GUIDE_ENV} to a text file')
     return path.read_text(encoding='utf-8')
 
 # %% ../nbs/20_llm.ipynb #9a34609c

@@ -15,8 +15,8 @@ from torch.nn import functional as F
 from .llm import LMDataModule, TinyLM, generate, generation_flops, seed_text, train_lm
 
 # %% auto #0
-__all__ = ['Int8Linear', 'Int4Linear', 'quantize_lm', 'model_bytes', 'heldout_loss', 'LoRALinear', 'add_lora', 'train_memory',
-           'llm_slice', 'fine_tune', 'best_seconds', 'bench_generation', 'bench_llm']
+__all__ = ['SPEED_MODEL', 'Int8Linear', 'Int4Linear', 'quantize_lm', 'model_bytes', 'heldout_loss', 'LoRALinear', 'add_lora',
+           'train_memory', 'llm_slice', 'fine_tune', 'best_seconds', 'bench_generation', 'bench_llm']
 
 # %% ../nbs/20b_llm_tune.ipynb #4122ed76
 class Int8Linear(nn.Module):
@@ -155,6 +155,24 @@ def bench_generation(model:TinyLM, lengths=(32, 64, 128, 256), prompt_len:int=16
                      'tokens_per_s_no_cache': round(n / s[False], 1), 'speedup': round(s[False] / s[True], 2)})
     return rows
 
+# %% ../nbs/20b_llm_tune.ipynb #8923ede9
+SPEED_MODEL = dict(d_model=512, n_layers=4, n_heads=8, max_len=512)   # the size the KV cache's speed-up is timed at
+
+def _size(model:TinyLM) -> str:
+    hp = model.hparams
+    n = sum(p.numel() for p in model.parameters())
+    return f"d_model {hp.d_model}, {hp.n_layers} layers, {n / 1e6:.1f} M params"
+
+def _cache_speed(model:TinyLM, quick:bool, device:str) -> list[dict]:
+    "`bench_generation` on an untrained `SPEED_MODEL` (speed does not depend on the weights), and on `model` at 256."
+    torch.manual_seed(0)
+    big = TinyLM(model.hparams.vocab_size, **SPEED_MODEL).to(device).eval()
+    lengths, repeat = ((64, 256), 2) if quick else ((32, 64, 128, 256), 3)
+    rows = [r | {'model': 'speed', 'size': _size(big)} for r in bench_generation(big, lengths, device=device,
+                                                                                   repeat=repeat)]
+    return rows + [r | {'label': f"{r['label']} (notebook model)", 'model': 'notebook', 'size': _size(model)}
+                   for r in bench_generation(model, (256,), device=device, repeat=repeat)]
+
 # %% ../nbs/20b_llm_tune.ipynb #ae275d90
 def _serving_rows(cost, quick:bool) -> tuple[list[dict], dict]:
     from mlsys.kv_serving import Workload, batching_ratio, concurrency, kv_waste, serve_workload
@@ -182,7 +200,7 @@ def bench_llm(quick:bool=False, device:str='cpu'):
                                                                                  lr=3e-3, dropout=0.1)
     run = train_lm(text, accelerator='gpu' if device.startswith('cuda') else 'cpu', **recipe)
     model = run.model.to(device).eval()
-    rows = bench_generation(model, (64, 256) if quick else (32, 64, 128, 256), device=device, repeat=2 if quick else 3)
+    rows = _cache_speed(model, quick, device)
     cost = measure_step_cost(model, repeat=2 if quick else 5)
     serve_rows, ratios = _serving_rows(cost, quick)
     q8 = quantize_lm(model, 8)
@@ -194,7 +212,8 @@ def bench_llm(quick:bool=False, device:str='cpu'):
                            'decode_tokens_per_s': round(fp_tps, 1)},
                           {'label': 'int8 weight-only', 'bytes': model_bytes(q8), 'heldout_loss': round(q_loss, 4),
                            'decode_tokens_per_s': round(q_tps, 1)}]
-    speed = {f"kv_cache_speedup_{r['label'].split()[1]}": r['speedup'] for r in rows if 'speedup' in r}
+    speed = {f"kv_cache_speedup_{r['label'].split()[1]}": r['speedup'] for r in rows if r.get('model') == 'speed'}
+    speed['kv_cache_speedup_256_notebook_model'] = next(r['speedup'] for r in rows if r.get('model') == 'notebook')
     work = generation_flops(model, 16, 256)   # the work the cache saves, beside the time it saves
     speed['kv_cache_flop_ratio_256'] = round(work['without_cache'] / work['with_cache'], 1)
     return rows, {**speed, **ratios, 'int8_loss_increase': round(q_loss - fp_loss, 4),

@@ -23,7 +23,8 @@ STAGES = ('ingest', 'validate', 'features', 'tune', 'train', 'evaluate', 'regist
 # the recommender (13b_recommend): the same lake and feature build, then its own jobs
 RECSYS_STAGES = ('ingest', 'validate', 'features', 'recsys_train', 'recsys_evaluate', 'recsys_register',
                  'recsys_index', 'recsys_batch')
-SCENARIOS = {'fraud': STAGES, 'recsys': RECSYS_STAGES}   # `mlsys run --scenario NAME`: its stages in order
+# `mlsys run --scenario NAME`: its stages in order; rag (21b_rag_serve): build, gate, publish, ask the set again
+SCENARIOS = {'fraud': STAGES, 'recsys': RECSYS_STAGES, 'rag': ('rag_index', 'rag_eval')}
 OPTIONAL = {'tune': 'tune', 'loop': 'simulate_days'}  # stage -> the -p switch that turns it on
 GLOBAL_PARAMS = ('seed', 'scale', 'fault')  # understood by every run, whichever stages it covers
 RESERVED = {'run_dir': 'the runner', 'workspace': '--workspace'}  # parameters the runner sets itself

@@ -15,27 +15,25 @@ import yaml
 from fastcore.basics import patch
 
 import mlsys
-from .config import Workspace, atomic_write
+from .config import Workspace, atomic_write, guide_path
 from .retrieval import ItemIndex
 
 # %% auto #0
-__all__ = ['GUIDE_NAME', 'CORPUS_ENV', 'TEXT_SUFFIXES', 'SEPARATORS', 'QA_OPEN', 'QA_PART', 'STRATEGIES', 'MODEL_NAME',
-           'EVAL_PATH', 'METRICS', 'FUSIONS', 'DEFAULT', 'default_corpus', 'Document', 'load_corpus', 'Heading',
-           'headings', 'section_path', 'chunk_id', 'Chunk', 'fixed_chunks', 'recursive_chunks', 'structure_chunks',
-           'chunk_corpus', 'coverage', 'BM25Retriever', 'ModelUnavailable', 'Embedder', 'DenseRetriever', 'rrf',
-           'convex', 'HybridSearcher', 'sentences', 'SentenceReranker', 'load_eval', 'own_spans', 'gold_spans',
-           'relevant', 'rank_metrics', 'evaluate', 'metrics_table', 'choose', 'answerable_in', 'plot_table',
-           'fold_comparison', 'bench_rag']
+__all__ = ['CORPUS_ENV', 'TEXT_SUFFIXES', 'SEPARATORS', 'QA_OPEN', 'QA_PART', 'STRATEGIES', 'MODEL_NAME', 'EVAL_PATH', 'METRICS',
+           'FUSIONS', 'DEFAULT', 'default_corpus', 'Document', 'load_corpus', 'Heading', 'headings', 'section_path',
+           'chunk_id', 'Chunk', 'fixed_chunks', 'recursive_chunks', 'structure_chunks', 'chunk_corpus', 'coverage',
+           'BM25Retriever', 'ModelUnavailable', 'Embedder', 'DenseRetriever', 'rrf', 'convex', 'HybridSearcher',
+           'sentences', 'SentenceReranker', 'load_eval', 'own_spans', 'gold_spans', 'relevant', 'rank_metrics',
+           'evaluate', 'metrics_table', 'choose', 'answerable_in', 'plot_table', 'fold_comparison', 'bench_rag']
 
 # %% ../nbs/21_rag.ipynb #dbdc1dc0
-GUIDE_NAME = '000_1937aef8664ee46d.txt'
 CORPUS_ENV = 'MLSYS_RAG_CORPUS'     # a file or a folder of .md/.txt files; default: the guide beside the repository
 TEXT_SUFFIXES = ('.md', '.txt')
 
 def default_corpus() -> Path:
-    "The corpus path: `$MLSYS_RAG_CORPUS`, else the guide in `../shared/seed/` next to the repository."
+    "The corpus path: `$MLSYS_RAG_CORPUS`, else the guide (`config.guide_path`)."
     if os.environ.get(CORPUS_ENV): return Path(os.environ[CORPUS_ENV]).expanduser()
-    return Path(mlsys.__file__).resolve().parent.parent.parent/'shared'/'seed'/GUIDE_NAME
+    return guide_path()
 
 @dataclass(frozen=True)
 class Document:

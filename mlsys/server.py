@@ -129,6 +129,7 @@ def _openapi(app):
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         schemas = doc.setdefault('components', {}).setdefault('schemas', {})
         for route, p in app.state.predictors.items():
+            if 'post' not in doc['paths'].get(route, {}): continue   # a predictor that mounted its own routes
             body, name = p.Request.model_json_schema(ref_template='#/components/schemas/{model}'), p.Request.__name__
             schemas.update({**body.pop('$defs', {}), name: body})
             body_ref = {'application/json': {'schema': {'$ref': f'#/components/schemas/{name}'}}}
@@ -214,7 +215,7 @@ def create_app(workspace:str|Path|Workspace|None=None, # the workspace served; d
                cfg:ServeConfig|None=None, # the settings; default `ServeConfig()`
                store='auto', # a Feast store, None, or 'auto' for the workspace's `features/current`
                predictors:dict[str, Callable[[ServeContext], Predictor]]|None=None): # route: a predictor's builder
-    "The FastAPI application of `mlsys serve` for `workspace`."
+    "The FastAPI application of `mlsys serve` for `workspace`; a builder's `mount(app, route)` adds its own routes."
     ws = workspace if isinstance(workspace, Workspace) else Workspace(workspace)
     cfg, predictors = cfg or ServeConfig(), predictors or {}
     token = admin_token(ws, cfg.admin_token)
@@ -235,7 +236,10 @@ def create_app(workspace:str|Path|Workspace|None=None, # the workspace served; d
                   description='Fraud decisions from the registry model; see nbs/08_serve.ipynb and 08b_server.ipynb.')
     app.state.ready, app.state.metrics, app.state.predictors = False, ServingMetrics(), {}
     app.state.loads, app.state.dumps = _codec(cfg.json_lib)
-    for route in dict.fromkeys(('/predict', *predictors)): _predictor_route(app, route, cfg.max_body_bytes)
+    for route in dict.fromkeys(('/predict', *predictors)):   # a builder's `mount(app, route)`: its own routes
+        mount = getattr(predictors.get(route), 'mount', None)
+        if mount: mount(app, route)
+        else: _predictor_route(app, route, cfg.max_body_bytes)
     _noop_route(app)
     _operations_routes(app)
     _admin_route(app, token)

@@ -7,7 +7,8 @@ PKG = Path(__file__).parents[1]/'mlsys'
 # sits above `09_deploy` and `10_monitor`, whose router and prediction log it hosts; its HTTP host (`server`) above it.
 LAYERS = ['config', 'compare', 'world', 'validate', 'features', 'pit', 'parity', 'model_files', 'train', 'tune', 'evaluate', 'registry',
           'deploy', 'monitor', 'serve', 'server', 'retrain', 'loop', 'retrieval', 'recsys', 'ranking', 'recommend', 'feedback',
-          'fraud', 'graph', 'explain', 'defence', 'capacity', 'llm', 'kv_serving', 'llm_tune', 'rag', 'rag_answer',
+          'fraud', 'graph', 'explain', 'defence', 'capacity', 'llm', 'kv_serving', 'llm_tune', 'llm_serve', 'rag',
+          'rag_answer', 'rag_guard', 'rag_serve',
           'pipeline', 'bench', 'cli', 'bench_serve']
 
 def modules() -> list[str]: return sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))

@@ -64,7 +64,7 @@ def test_train_register_load_round_trip(tmp_path):
 
 def test_tokenizer_bad_input():
     with pytest.raises(ValueError, match='vocab_size=10'): BPETokenizer.train('abc', vocab_size=10)
-    with pytest.raises(FileNotFoundError, match='MLSYS_SEED_TEXT'): seed_text('/no/such/file.txt')
+    with pytest.raises(FileNotFoundError, match='MLSYS_GUIDE'): seed_text('/no/such/file.txt')
 
 def test_int8_close_and_smaller_lora_starts_at_base(tiny):
     x = torch.randint(0, 300, (1, 16))
