@@ -96,6 +96,7 @@ def _bench_bodies(ws:Workspace, n:int=600) -> tuple[list[bytes], list[bytes]]:
     body = lambda instance: orjson.dumps({'instances': [instance]})
     return [body(e.model_dump(exclude_none=True)) for e in ents], [body(v) for v in vec]
 
+# %% ../nbs/18a_bench_serve.ipynb #d1216d37
 def _recommend_bodies(ws:Workspace, n:int=400) -> list[bytes]|None:
     "`/recommend` bodies for `n` active users of `ws` (one in ten unknown: cold start); None without a recommender."
     import orjson

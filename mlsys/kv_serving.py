@@ -245,6 +245,7 @@ class StepCost:
     def decode(self, n_seqs:int, context_tokens:int) -> float:
         return self.decode_fixed + self.decode_per_seq * n_seqs + self.decode_per_context * context_tokens
 
+# %% ../nbs/20a_kv_serving.ipynb #d6340e18
 def _best_time(fn, repeat):
     "Fastest of `repeat` timed calls after a warm-up: other processes only ever add time, so the minimum is the cost."
     times = []

@@ -24,6 +24,7 @@ __all__ = ['POLICIES', 'loop_config', 'LoopError', 'LoopConfig', 'make_policy', 
            'recovery_days', 'plot_loop', 'run_loop', 'loop_metrics']
 
 # %% ../nbs/11a_loop.ipynb #c3ee4a9c
+# long because `LoopConfig` lists every knob of the loop as a validated field, in one place
 POLICIES = ('none', 'schedule', 'drift', 'performance', 'hybrid')
 
 class LoopError(ValueError):

@@ -66,6 +66,7 @@ def views(text:str) -> dict[str, str]:
             'reversed': ' '.join(s[::-1] for s in squash)}
 
 # %% ../nbs/21c_rag_guard.ipynb #c7f1b5cf
+# long because the injection rules are one table: each (name, weight, pattern) reads best beside the others
 _W = r'(?:\s+\w+){0,%d}?\s+'          # up to n filler words between two parts of a phrase
 _OVERRIDE = (r'(?:ignore|ignoring|disregard|forget|discard|skip|override|overrule|neglect|drop|bypass'
              r'|abandon)')
