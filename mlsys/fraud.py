@@ -227,6 +227,7 @@ class Layers:
         return (rule_hits(self.rules, ctx), self.model.predict_proba(model_inputs(ctx, self.extra))[:, 1],
                 -self.detector.score_samples(anomaly_inputs(ctx)))
 
+# %% ../nbs/14_fraud.ipynb #fa768f5d
 def fit_model(ctx:pd.DataFrame, at:pd.Timestamp, seed:int=0,
               extra:Sequence[str]=()) -> tuple[object, float, float]: # extra model columns of `ctx`
     "The model fitted on the labels known at `at` but the last week's; its review and block thresholds on that week."

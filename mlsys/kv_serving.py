@@ -134,6 +134,7 @@ def check_paged(kv:PagedKV):
             use = (i, min(kv.bs, kv.lengths[s] - i * kv.bs))
             assert seen.setdefault(b, use) == use, f'block {b} shared wrongly: {seen[b]} in one table, {use} in {s!r}'
 
+# %% ../nbs/20a_kv_serving.ipynb #f586c323
 def random_traffic(kv:PagedKV, n_ops:int, seed:int=0, check:bool=True) -> dict:
     "Apply `n_ops` random admit/share/fork/append/finish/abort operations to `kv`; counts of each outcome."
     rng, counts, next_id = np.random.default_rng(seed), {}, 0
