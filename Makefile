@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUNTIME_VENV ?= .venv-runtime
 WORKSPACE ?= workspace
 
-.PHONY: run test test-fast test-steps test-notebooks test-pytest check-sync runtime-env check-runtime readme lab docs bench install install-dev clean
+.PHONY: run test test-fast test-steps test-notebooks test-pytest test-docs check-sync runtime-env check-runtime readme lab docs bench install install-dev clean
 .DEFAULT_GOAL := run
 
 $(BIN)/python:
@@ -66,15 +66,24 @@ check-runtime: runtime-env
 # 2.1 ms with one thread and 10.3 ms with two while another process ran).
 TEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+# The chapters run as `nbdev_test --flags slow --n_workers 2 --timing` runs them (same cells, flags, failures and timing
+# table), and each executed chapter is kept, with its outputs, in _build/executed/: `make docs` renders the site from
+# there instead of executing every chapter a second time. A chapter whose text, library and flags are unchanged since
+# its last passing run is not run again (a clean clone, as in CI, runs them all); FORCE=1 runs them all anyway.
 test-notebooks: install-dev
-	$(TEST_THREADS) $(BIN)/nbdev_test --flags slow --n_workers 2 --timing
+	$(TEST_THREADS) $(BIN)/python -m mlsys.site execute --flags slow --n_workers 2 --timing $(if $(FORCE),--force)
 
 test-pytest: install-dev
-	$(TEST_THREADS) $(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15
+	$(TEST_THREADS) $(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15 -m 'not docs'
+
+# The site from the chapters test-notebooks executed (`make docs`; only stale chapters run again), then its pages in
+# headless Chromium (tests/test_site.py, marked docs; skipped, saying why, where chromium is not installed).
+test-docs: install-dev
+	$(TEST_THREADS) $(BIN)/pytest tests/test_site.py -q -p no:cacheprovider -m docs -rs --durations 5
 
 # `make test` runs these in order; .ci/run runs the same list (runtime-env and check-runtime beside test-pytest, whose two
 # workers leave a core idle at times) and prints how long each step took and the wall-clock time after the install.
-TEST_STEPS := install-dev check-sync test-notebooks test-pytest runtime-env check-runtime
+TEST_STEPS := install-dev check-sync test-notebooks test-docs test-pytest runtime-env check-runtime
 test-steps:
 	@echo $(TEST_STEPS)
 
@@ -82,7 +91,7 @@ test: $(TEST_STEPS)
 
 test-fast: check-sync
 	$(TEST_THREADS) $(BIN)/nbdev_test --n_workers 2
-	$(TEST_THREADS) $(BIN)/pytest tests -q -m 'not slow and not service' -p no:cacheprovider -n 2 --dist loadgroup
+	$(TEST_THREADS) $(BIN)/pytest tests -q -m 'not slow and not service and not docs' -p no:cacheprovider -n 2 --dist loadgroup
 
 readme: install-dev
 	$(BIN)/python .ci/readme.py
@@ -90,13 +99,14 @@ readme: install-dev
 lab: install-dev
 	$(BIN)/jupyter lab --notebook-dir nbs
 
+# The site in _docs/: chapters executed where stale (see test-notebooks), processed as nbdev_docs does, rendered by
+# Quarto where it is on PATH (the conda environment brings it) and as static HTML by nbconvert where it is not.
+# Open _docs/index.html. STATIC=1 uses nbconvert even where Quarto is installed.
 docs: install-dev
-	@command -v quarto >/dev/null 2>&1 || { echo "make docs needs Quarto (https://quarto.org/docs/get-started/), which is not installed here."; \
-	  echo "Without it, 'nbdev_proc_nbs' checks that the notebooks process: run '$(BIN)/nbdev_proc_nbs'."; exit 1; }
-	$(BIN)/nbdev_docs
+	$(TEST_THREADS) $(BIN)/python -m mlsys.site docs $(if $(STATIC),--static)
 
 bench: install
 	$(BIN)/mlsys bench all --workspace $(WORKSPACE)
 
 clean:
-	rm -rf _docs _proc nbs/_site .pytest_cache
+	rm -rf _docs _proc _build nbs/_site .pytest_cache

@@ -133,6 +133,25 @@ def _add_serve(sub, common):
     parser.add_argument('--json', dest='json_lib', choices=['orjson', 'stdlib'], default='orjson')
     parser.add_argument('--no-prediction-log', dest='log_predictions', action='store_false',
                         help='do not append answers to monitoring/predictions')
+    lm = parser.add_argument_group('language model at /v1 (when tiny-lm is in production)')
+    lm.add_argument('--kv-blocks', type=int, help='KV budget in blocks (default: a quarter of --max-seqs contexts)')
+    lm.add_argument('--block-size', type=int, default=16, help='tokens per KV block (default 16)')
+    lm.add_argument('--max-seqs', type=int, default=16, help='most sequences in one engine step (default 16)')
+    lm.add_argument('--prefill-chunk', type=int,
+                    help='most prompt tokens prefilled per step beside the decodes (default: whole prompts)')
+    lm.add_argument('--no-prefix-sharing', dest='share_prefix', action='store_false',
+                    help='do not share full prompt blocks between requests')
+
+# %% ../nbs/17_cli.ipynb #1ca34149
+_LM_FLAGS = {'n_blocks': '--kv-blocks', 'block_size': '--block-size', 'max_batch': '--max-seqs',
+             'prefill_chunk': '--prefill-chunk'}   # the engine's settings and the flags that set them
+
+def _llm_routes(args, settings, llm_predictors) -> dict:
+    "The /v1 routes with the engine flags; a value out of range (or a budget short of one context) is a usage error."
+    from mlsys.llm_serve import EngineSettingError
+    engine = {k: getattr(args, f.lstrip('-').replace('-', '_')) for k, f in _LM_FLAGS.items()}
+    try: return llm_predictors(settings.workspace, share_prefix=args.share_prefix, **engine)
+    except EngineSettingError as e: raise UsageError(f'{_LM_FLAGS[e.field]} {e.value}: {e.rule}') from e
 
 # %% ../nbs/17_cli.ipynb #392448ad
 def _serve(args, settings) -> int:
@@ -148,7 +167,7 @@ def _serve(args, settings) -> int:
     from mlsys.rag_serve import rag_predictors   # /ask when a RAG index is in service
     routes = {**recommend_predictors(settings.workspace),
               **defence_predictors(settings.workspace, name, ref or 'production'),
-              **llm_predictors(settings.workspace), **rag_predictors(settings.workspace)}
+              **_llm_routes(args, settings, llm_predictors), **rag_predictors(settings.workspace)}
     try: serve(settings.workspace.root, args.host, args.port, routes, model=name,
                ref=ref or 'production', **{k: getattr(args, k) for k in knobs})
     except ValidationError as e:

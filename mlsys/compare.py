@@ -165,3 +165,26 @@ def compare(run:Callable[[str, int], float|dict], arms:Iterable[str], seeds:Iter
     def by_metric(m):
         return Comparison.from_records(records, m, higher_is_better=per_metric.get(m, default), level=level)
     return {m: by_metric(m).reorder(arms) for m in runs[0][2]}
+
+# %% ../nbs/00a_compare.ipynb #1e80c392
+@patch
+def plot(self:Comparison, ax=None, # a matplotlib `Axes` to draw on; a new figure's when None
+         unit:str='', # appended to the axis label, e.g. '(USD per 1,000 transactions)'
+         title:str|None=None): # the axes' title; by default the metric, the level and the seeds
+    "Each arm's seeds as dots and its mean with the interval as a bar, one row per arm; returns the axes."
+    if ax is None:
+        from matplotlib.figure import Figure    # no pyplot: safe in a job or a thread
+        ax = Figure(figsize=(6.5, 0.45 * len(self.arms) + 1.3)).subplots()
+    s, y = self.summary(), np.arange(len(self.arms))
+    lo, hi = np.maximum(s['lo'], s['min']), np.minimum(s['hi'], s['max'])   # one seed: the range, not infinity
+    ax.barh(y, s['mean'], color='lightsteelblue', height=0.6)
+    err = np.clip([s['mean'] - lo, hi - s['mean']], 0, None)   # a constant arm: rounding, never below zero
+    ax.errorbar(s['mean'], y, xerr=err, fmt='none', color='k', capsize=4, lw=1.2)
+    for k, a in enumerate(self.arms):
+        ax.plot(self.values[a], np.full(self.n, k) + np.linspace(-0.15, 0.15, self.n), 'o', ms=3, color='C3')
+    ax.set_yticks(y, self.arms)
+    ax.invert_yaxis()
+    better = 'higher' if self.higher_is_better else 'lower'
+    ax.set_xlabel(f'{self.metric} {unit}'.strip() + f' ({better} is better)')
+    ax.set_title(title or f'{self.metric}: mean and {self.level:.0%} interval over {self.n} seeds (dots: seeds)')
+    return ax

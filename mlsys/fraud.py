@@ -221,6 +221,8 @@ class Layers:
     anomaly_t: float
     reviews_per_day: int|None = None
     extra: tuple[str, ...] = ()   # columns the model reads beyond the platform's features (`model_inputs`)
+    queue: Literal['priority', 'arrival'] = 'priority'   # who waits when a day's queue is full (`decide`)
+    overflow: Literal['approve', 'block'] = 'approve'    # what a review that does not fit becomes
 
     def scores(self, ctx:pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         "Rule hits, model scores and anomaly scores of `ctx`."
@@ -264,33 +266,42 @@ def review_capacity(analysts:int, hours_per_day:float=7.0, minutes_per_case:floa
 
 
 # %% ../nbs/14_fraud.ipynb #a0ed4686
-_ORDER = [('rules', 'block'), ('model', 'block'), ('rules', 'review'), ('model', 'review'), ('anomaly', 'review')]
+_ORDER = [('rules', 'block'), ('model', 'block'), ('graph', 'block'), ('rules', 'review'), ('model', 'review'),
+          ('graph', 'review'), ('anomaly', 'review')]
+_PRIORITY = {'rules': 2, 'model': 1, 'graph': 0.5, 'anomaly': 0}   # plus the model score: who waits first
 
-def _layer_masks(layers:Layers, hits, score, anomaly) -> dict:
+def _layer_masks(layers:Layers, hits, score, anomaly, graph) -> dict:
     act = pd.Series({r.name: r.action for r in layers.rules})
     fired = lambda a: hits[act.index[act == a]].any(axis=1).to_numpy()
+    g = np.zeros(len(score)) if graph is None else np.asarray(graph)
     return {('rules', 'block'): fired('block'), ('model', 'block'): score >= layers.block_t,
-            ('rules', 'review'): fired('review'), ('model', 'review'): score >= layers.review_t,
+            ('graph', 'block'): g >= 2, ('rules', 'review'): fired('review'),
+            ('model', 'review'): score >= layers.review_t, ('graph', 'review'): g == 1,
             ('anomaly', 'review'): anomaly >= layers.anomaly_t}
 
 def decide(layers:Layers, hits:pd.DataFrame, score:np.ndarray, anomaly:np.ndarray,
-           ts:pd.Series|None=None, # request times: the review capacity is per calendar day
-           use:Sequence[str]=('rules', 'model', 'anomaly')) -> pd.DataFrame:
-    "Block, review or approve each request, and the layer that decided (`overflow`: approved, queue full)."
+           ts:pd.Series|None=None, # request times: the review capacity is per calendar day (UTC)
+           use:Sequence[str]=('rules', 'model', 'anomaly'),
+           graph:np.ndarray|None=None) -> pd.DataFrame: # the graph layer's verdicts: 0 none, 1 review, 2 block
+    "Block, review or approve each request, and the layer that decided (`overflow`: the queue was full)."
     decision, layer = np.full(len(score), 'approve', object), np.full(len(score), 'none', object)
-    masks = _layer_masks(layers, hits, np.asarray(score), np.asarray(anomaly))
+    masks = _layer_masks(layers, hits, np.asarray(score), np.asarray(anomaly), graph)
     for (name, action) in _ORDER:
         m = masks[(name, action)] & (layer == 'none') if name in use else np.zeros(len(score), bool)
         decision[m], layer[m] = action, name
     out = pd.DataFrame({'decision': decision, 'layer': layer, 'score': score, 'anomaly': anomaly})
     if layers.reviews_per_day is None or ts is None: return out
     review = out.decision == 'review'
-    priority = out.layer.map({'rules': 2, 'model': 1, 'anomaly': 0}) + out.score
     day = pd.Series(np.asarray(ts), index=out.index).dt.floor('D')
-    rank = priority[review].groupby(day[review]).rank(ascending=False, method='first')
+    if layers.queue == 'arrival':   # first come, first reviewed: what a server can do, one request at a time
+        r = pd.DataFrame({'day': day, 'ts': np.asarray(ts), 'i': np.arange(len(out))}, index=out.index)[review]
+        rank = r.sort_values(['ts', 'i']).groupby('day').cumcount() + 1
+    else:                           # the day's queue ranked with hindsight: rules first, then by model score
+        rank = (out.layer.map(_PRIORITY) + out.score)[review].groupby(day[review]).rank(ascending=False, method='first')
     over = rank.index[rank > layers.reviews_per_day]
-    out.loc[over, ['decision', 'layer']] = ['approve', 'overflow']
+    out.loc[over, ['decision', 'layer']] = [layers.overflow, 'overflow']
     return out
+
 
 # %% ../nbs/14_fraud.ipynb #1a9ac4e4
 def decision_cost(decision, is_fraud, amount, costs:Costs=Costs()) -> dict:
@@ -307,9 +318,10 @@ def decision_cost(decision, is_fraud, amount, costs:Costs=Costs()) -> dict:
 ARMS = {'approve all': (), 'model': ('model',), 'rules + model': ('rules', 'model'),
         'model + anomaly': ('model', 'anomaly'), 'layered': ('rules', 'model', 'anomaly')}
 
-def judge(layers:Layers, ctx:pd.DataFrame, scores:tuple, use:Sequence[str], novel:str='synthetic_identity') -> dict:
+def judge(layers:Layers, ctx:pd.DataFrame, scores:tuple, use:Sequence[str], novel:str='synthetic_identity',
+          graph:np.ndarray|None=None) -> dict: # the graph layer's verdicts (`decide`), when `use` has 'graph'
     "Decide on `ctx` (with its `layers.scores`) using layers `use`; the cost and the share of pattern `novel` caught."
-    d = decide(layers, *scores, ctx.ts, use).decision.to_numpy()
+    d = decide(layers, *scores, ctx.ts, use, graph).decision.to_numpy()
     cost = decision_cost(d, ctx.is_fraud, ctx.amount)
     new = ctx.pattern.eq(novel).to_numpy()
     return {**cost, 'novel_recall': float((d[new] != 'approve').mean()) if new.any() else np.nan}

@@ -65,6 +65,10 @@ class PagedKV:
         self.tables: dict[Hashable, list[int]] = {}
         self.lengths: dict[Hashable, int] = {}
         self.copies = 0   # copy-on-write copies made
+        self.prefix: dict[int, int] = {}     # the prefix table: key of a full prompt block -> the block holding it
+        self.keys: dict[int, tuple] = {}     # block -> (its key, its predecessor's key, its tokens)
+        self.written: set[int] = set()       # blocks whose keys and values are all computed
+        self.prompts: dict[Hashable, tuple] = {}   # prompt tokens of sequences admitted by `admit_cached`
 
     def blocks_for(self, n_tokens:int) -> int: return -(-n_tokens // self.bs)
 
@@ -92,6 +96,7 @@ def _fork(self:PagedKV, src:Hashable, dst:Hashable):
     if dst in self.tables: raise ValueError(f'sequence {dst!r} is already admitted')
     for b in self.tables[src]: self.alloc.share(b)
     self.tables[dst], self.lengths[dst] = list(self.tables[src]), self.lengths[src]
+    if src in self.prompts: self.prompts[dst] = self.prompts[src]
 
 def _append(self:PagedKV, seq:Hashable, n:int=1) -> int:
     "Room for `n` more tokens of `seq` (new blocks, copy-on-write of a shared last block); its new length."
@@ -103,7 +108,7 @@ def _append(self:PagedKV, seq:Hashable, n:int=1) -> int:
     if cow:
         new = self.alloc.allocate()
         if self.on_copy: self.on_copy(table[-1], new)
-        self.alloc.release(table[-1])
+        self._release(table[-1])
         table[-1], self.copies = new, self.copies + 1
     table += [self.alloc.allocate() for _ in range(self.blocks_for(length + n) - len(table))]
     self.lengths[seq] = length + n
@@ -112,14 +117,73 @@ def _append(self:PagedKV, seq:Hashable, n:int=1) -> int:
 def _finish(self:PagedKV, seq:Hashable):
     "Release every block of `seq` (finished or aborted); unknown sequences are an error."
     if seq not in self.tables: raise KeyError(f'sequence {seq!r} is not admitted')
-    for b in self.tables.pop(seq): self.alloc.release(b)
+    for b in self.tables.pop(seq): self._release(b)
     del self.lengths[seq]
+    self.prompts.pop(seq, None)
+
+def _release(self:PagedKV, b:int):
+    "One reference fewer to block `b`; when it goes free, out of the prefix table too."
+    self.alloc.release(b)
+    if self.alloc.refs[b] == 0:
+        self.written.discard(b)
+        if b in self.keys: del self.prefix[self.keys.pop(b)[0]]
 
 PagedKV.fork, PagedKV.append, PagedKV.finish, PagedKV.abort = _fork, _append, _finish, _finish
+PagedKV._release = _release
+
+# %% ../nbs/20a_kv_serving.ipynb #9e08b68f
+def _chain(parent:int|None, tokens) -> int:
+    "The prefix table's key of a full block: a hash of its tokens and of its predecessor's key."
+    return hash((parent, tuple(tokens)))
+
+def _match(self:PagedKV, tokens) -> list[int]:
+    "Blocks of the prefix table holding the leading full blocks of `tokens`, up to the first one not there."
+    out, parent = [], None
+    for i in range(len(tokens) // self.bs):
+        chunk = tuple(tokens[i * self.bs:(i + 1) * self.bs])
+        key = _chain(parent, chunk)
+        b = self.prefix.get(key)
+        if b is None or self.keys[b][1:] != (parent, chunk): break   # a hash collision is a miss, never a wrong share
+        out.append(b)
+        parent = key
+    return out
+
+def _admit_cached(self:PagedKV, seq:Hashable, tokens:list[int]) -> int|None:
+    "Admit `seq` with prompt `tokens`, sharing blocks of the prefix table; tokens in shared blocks (None: no room)."
+    if seq in self.tables: raise ValueError(f'sequence {seq!r} is already admitted')
+    if len(tokens) < 1: raise ValueError('tokens=[]: a prompt has at least 1 token')
+    shared = self.match(tokens[:-1])   # the last token is always computed: its logits give the first new token
+    need = self.blocks_for(len(tokens)) - len(shared)
+    if need > self.alloc.n_free: return None
+    for b in shared: self.alloc.share(b)
+    table = self.tables[seq] = shared + [self.alloc.allocate() for _ in range(need)]
+    self.lengths[seq], self.prompts[seq] = len(tokens), tuple(tokens)
+    parent = self.keys[shared[-1]][0] if shared else None
+    for i in range(len(shared), len(tokens) // self.bs):   # enter this prompt's own full blocks
+        chunk = tuple(tokens[i * self.bs:(i + 1) * self.bs])
+        key = _chain(parent, chunk)
+        if key in self.prefix: break
+        self.prefix[key], self.keys[table[i]], parent = table[i], (key, parent, chunk), key
+    return len(shared) * self.bs
+
+# %% ../nbs/20a_kv_serving.ipynb #ceca74ec
+def _mark_written(self:PagedKV, seq:Hashable, n:int):
+    "The keys and values of `seq`'s first `n` tokens are computed: its blocks they fill are written."
+    self.written.update(self.tables[seq][:n // self.bs])
+
+def _skip_written(self:PagedKV, seq:Hashable, start:int) -> int:
+    "Where `seq`'s prefill can start from `start`: past its leading blocks already written (the last token stays)."
+    table = self.tables[seq]
+    while start % self.bs == 0 and start + self.bs < self.lengths[seq] and table[start // self.bs] in self.written:
+        start += self.bs
+    return start
+
+PagedKV.match, PagedKV.admit_cached, PagedKV.mark_written, PagedKV.skip_written = (_match, _admit_cached, _mark_written,
+                                                                                   _skip_written)
 
 # %% ../nbs/20a_kv_serving.ipynb #f98cb8d3
 def check_paged(kv:PagedKV):
-    "Raise `AssertionError` unless `kv`'s tables, reference counts and free list agree."
+    "Raise `AssertionError` unless `kv`'s tables, reference counts, free list and prefix table agree."
     from collections import Counter
     held = Counter(b for t in kv.tables.values() for b in t)
     for b in range(kv.alloc.n_blocks):
@@ -133,11 +197,27 @@ def check_paged(kv:PagedKV):
         for i, b in enumerate(t):
             use = (i, min(kv.bs, kv.lengths[s] - i * kv.bs))
             assert seen.setdefault(b, use) == use, f'block {b} shared wrongly: {seen[b]} in one table, {use} in {s!r}'
+    for b, (key, parent, chunk) in kv.keys.items():   # the prefix table: live blocks, each holding the prefix it names
+        assert kv.alloc.refs[b] > 0 and kv.prefix.get(key) == b, f'block {b}: in the prefix table but free or unindexed'
+    assert len(kv.prefix) == len(kv.keys) and all(kv.alloc.refs[b] > 0 for b in kv.written), 'stale prefix entry'
+    for s, toks in kv.prompts.items():
+        parent = None
+        for i, b in enumerate(kv.tables[s][:len(toks) // kv.bs]):
+            key = _chain(parent, toks[i * kv.bs:(i + 1) * kv.bs])
+            assert kv.keys.get(b, (key,))[0] == key, f'block {b} shared wrongly: it holds another prefix than {s!r}'
+            parent = key
 
 # %% ../nbs/20a_kv_serving.ipynb #f586c323
-def random_traffic(kv:PagedKV, n_ops:int, seed:int=0, check:bool=True) -> dict:
+def _random_prompt(rng, kv:PagedKV, systems:list) -> list[int]:
+    "One of `systems` (or none) and a random tail from a 3-token vocabulary, so that chance matches happen too."
+    head = systems[rng.integers(len(systems))] if rng.random() < 0.7 else []
+    return head + rng.integers(0, 3, int(rng.integers(1, 3 * kv.bs))).tolist()
+
+def random_traffic(kv:PagedKV, n_ops:int, seed:int=0, check:bool=True,
+                   prompts:bool=False) -> dict: # admit real token prompts through the prefix table (`admit_cached`)
     "Apply `n_ops` random admit/share/fork/append/finish/abort operations to `kv`; counts of each outcome."
     rng, counts, next_id = np.random.default_rng(seed), {}, 0
+    systems = [rng.integers(0, 3, int(rng.integers(kv.bs, 4 * kv.bs))).tolist() for _ in range(3)]
     def bump(k): counts[k] = counts.get(k, 0) + 1
     for _ in range(n_ops):
         op = rng.choice(['admit', 'append', 'fork', 'finish', 'abort'], p=[0.25, 0.45, 0.1, 0.1, 0.1])
@@ -146,7 +226,11 @@ def random_traffic(kv:PagedKV, n_ops:int, seed:int=0, check:bool=True) -> dict:
             src = live[rng.integers(len(live))] if live and rng.random() < 0.3 else None
             n = int(rng.integers(1, 5 * kv.bs))
             p = int(rng.integers(0, min(n, kv.lengths[src]) + 1)) if src is not None else 0
-            bump('admitted' if kv.admit(next_id, n, src, p) else 'refused')
+            if prompts:
+                hit = kv.admit_cached(next_id, _random_prompt(rng, kv, systems))
+                if hit is not None: kv.mark_written(next_id, int(rng.integers(hit, kv.lengths[next_id] + 1)))
+                bump('refused' if hit is None else 'prefix_hit' if hit else 'admitted')
+            else: bump('admitted' if kv.admit(next_id, n, src, p) else 'refused')
             next_id += 1
         elif op == 'fork':
             kv.fork(live[rng.integers(len(live))], next_id)   # shares only: never short of blocks

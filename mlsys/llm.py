@@ -22,7 +22,7 @@ from .model_files import load_model, model_class, save_model
 # %% auto #0
 __all__ = ['EOS', 'seed_text', 'BPETokenizer', 'KVCache', 'AttentionCore', 'Attention', 'Block', 'sinusoids', 'TinyLM',
            'parameter_shares', 'attention_flops', 'LMDataModule', 'TrainedLM', 'train_lm', 'save_lm', 'register_lm',
-           'generate', 'generation_flops']
+           'fuse', 'fused_forward', 'generate', 'generation_flops', 'decode_profile']
 
 # %% ../nbs/20_llm.ipynb #1f9f4bf1
 def seed_text(path:str|Path|None=None) -> str:
@@ -77,8 +77,10 @@ class KVCache:
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f'KV cache full: {self.length} + {k.shape[2]} tokens > max_len {self.max_len}')
-        self.k[layer, :, :, self.length:end], self.v[layer, :, :, self.length:end] = k, v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        kl, vl = self.k[layer], self.v[layer]   # one view each, narrowed below: fewer operations than slicing 4 axes
+        kl.narrow(2, self.length, k.shape[2]).copy_(k)   # written in place: no new tensor, no concatenation
+        vl.narrow(2, self.length, k.shape[2]).copy_(v)
+        return kl.narrow(2, 0, end), vl.narrow(2, 0, end)
 
     def advance(self, n:int): self.length += n
     @property
@@ -268,6 +270,39 @@ def register_lm(reg, run:TrainedLM, name:str='tiny-lm', lineage:dict|None=None) 
         return reg.register(name, folder, {'val_loss': run.val_loss, 'seconds': round(run.seconds, 2)},
                             lineage=lineage or {})
 
+# %% ../nbs/20_llm.ipynb #810210eb
+def fuse(model:TinyLM) -> list|None:
+    "Per block: the weights `fused_forward` uses, q/k/v concatenated; None if a layer is not a plain `nn.Linear`."
+    plain = lambda m: type(m) is nn.Linear
+    if not all(plain(b.attn.q) and plain(b.attn.kv) and plain(b.attn.o) and plain(b.ff[0]) and plain(b.ff[2])
+               and type(b.ff[1]) is nn.GELU for b in model.blocks): return None
+    return [(b.ln1, torch.cat([b.attn.q.weight, b.attn.kv.weight]), b.attn.o.weight, b.ln2, b.ff[0],
+             b.ff[1].approximate, b.ff[2]) for b in model.blocks]
+
+def fused_forward(model:TinyLM, layers:list, idx:torch.Tensor, cache=None) -> torch.Tensor:
+    "Last-position logits of `model` on `idx` through `fuse(model)`'s `layers`: `TinyLM.forward` with fewer operations."
+    b, t = idx.shape
+    start, d, (h, hkv, hd) = cache.length if cache is not None else 0, model.hparams.d_model, _heads(model)
+    x = F.embedding(idx, model.embed.weight) + model.pos[start:start + t]
+    mask = (torch.ones(t, start + t, dtype=torch.bool, device=idx.device).tril(diagonal=start) if t > 1 else None)
+    for i, (ln1, wqkv, wo, ln2, ff1, approx, ff2) in enumerate(layers):
+        qkv = F.linear(F.layer_norm(x, (d,), ln1.weight, ln1.bias, ln1.eps), wqkv)   # (b, t, (h + 2 hkv) hd)
+        q, k, v = qkv.view(b, t, h + 2 * hkv, hd).transpose(1, 2).split([h, hkv, hkv], 1)
+        if cache is not None: k, v = cache.append(i, k, v)
+        if h != hkv: k, v = k.repeat_interleave(h // hkv, 1), v.repeat_interleave(h // hkv, 1)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + F.linear(a.transpose(1, 2).reshape(b, t, d), wo)
+        y = F.linear(F.layer_norm(x, (d,), ln2.weight, ln2.bias, ln2.eps), ff1.weight, ff1.bias)
+        y = F.gelu(y, approximate=approx)
+        x = x + F.linear(y, ff2.weight, ff2.bias)
+    if cache is not None: cache.advance(t)
+    last = F.layer_norm(x[:, -1:], (d,), model.norm.weight, model.norm.bias, model.norm.eps)
+    return F.linear(last, model.head.weight)
+
+def _heads(model:TinyLM) -> tuple[int, int, int]:
+    a = model.blocks[0].attn
+    return a.h, a.hkv, a.hd
+
 # %% ../nbs/20_llm.ipynb #97704297
 @torch.inference_mode()   # no autograd bookkeeping at all: faster than `no_grad` for many small steps
 def generate(model:TinyLM, prompt:list[int], # prompt token ids
@@ -275,7 +310,8 @@ def generate(model:TinyLM, prompt:list[int], # prompt token ids
              use_cache:bool=True, # False: rerun the whole sequence at every step
              temperature:float=0.0, # 0: greedy; above 0: sample from softmax(logits / temperature)
              eos:int|None=None, seed:int=0, # stop at token `eos` if given; the sampling seed
-             cache=None) -> list[int]: # a cache to fill instead of a new `KVCache`; tokens it holds are not rerun
+             cache=None, # a cache to fill instead of a new `KVCache`; tokens it holds are not rerun
+             fused:bool=True) -> list[int]: # run `fused_forward` (False: the model's modules, `TinyLM.forward`)
     "Tokens `model` generates after `prompt`."
     if max_new < 1: raise ValueError(f'max_new={max_new}: must be at least 1')
     dev = next(model.parameters()).device
@@ -286,13 +322,17 @@ def generate(model:TinyLM, prompt:list[int], # prompt token ids
         raise ValueError(f'the cache holds {cache.length} tokens of a {len(prompt)}-token prompt: '
                          'leave at least one to run')
     step_in = seq[:, cache.length:] if use_cache else seq   # a cache holding a shared prefix skips its tokens
+    layers = fuse(model) if fused else None
+    run = ((lambda x, c: fused_forward(model, layers, x, c)) if layers is not None else
+           (lambda x, c: model(x, c, last_only=True)))
     for _ in range(max_new):
-        logits = model(step_in if use_cache else seq, cache, last_only=True)[0, -1].float()
+        logits = run(step_in if use_cache else seq, cache)[0, -1].float()
         nxt = (logits.argmax() if temperature <= 0 else
                torch.multinomial((logits / temperature).softmax(-1), 1, generator=g)[0]).view(1, 1)
         out.append(int(nxt))
         if eos is not None and out[-1] == eos: break
-        seq, step_in = torch.cat([seq, nxt], 1), nxt
+        step_in = nxt
+        if not use_cache: seq = torch.cat([seq, nxt], 1)
     return out
 
 # %% ../nbs/20_llm.ipynb #edd17d4b
@@ -300,6 +340,26 @@ def generation_flops(model:TinyLM, prompt_len:int, n_new:int) -> dict:
     "FLOPs to generate `n_new` tokens after a `prompt_len`-token prompt, with and without the KV cache."
     from torch.utils.flop_counter import FlopCounterMode
     def count(use_cache):
-        with FlopCounterMode(display=False) as fc: generate(model, [0] * prompt_len, n_new, use_cache)
+        with FlopCounterMode(display=False) as fc:   # the modules path: its attention products are counted
+            generate(model, [0] * prompt_len, n_new, use_cache, fused=False)
         return fc.get_total_flops()
     return {'with_cache': count(True), 'without_cache': count(False)}
+
+# %% ../nbs/20_llm.ipynb #90c0d54f
+def decode_profile(model:TinyLM, n_new:int=32, fused:bool=True, top:int=8) -> dict:
+    "Python calls and operator calls per token, and the `top` operators by self time, over `n_new` steps of `generate`."
+    import cProfile, pstats
+    import pandas as pd
+    from torch.profiler import ProfilerActivity, profile
+    generate(model, [1] * 8, 4, fused=fused)   # warm-up
+    with cProfile.Profile() as py: generate(model, [1] * 8, n_new, fused=fused)
+    with profile(activities=[ProfilerActivity.CPU]) as prof: generate(model, [1] * 8, n_new, fused=fused)
+    events = [e for e in prof.events() if e.name.startswith('aten::')]
+    outer = sum(1 for e in events if e.cpu_parent is None)   # called from Python: each pays the dispatch from Python
+    ev = [e for e in prof.key_averages() if e.key.startswith('aten::')]
+    total = sum(e.self_cpu_time_total for e in ev)
+    table = pd.DataFrame([{'op': e.key, 'calls_per_token': e.count / n_new, 'self_us_per_token':
+                           e.self_cpu_time_total / n_new, 'share': e.self_cpu_time_total / total} for e in ev])
+    return {'python_calls_per_token': pstats.Stats(py).total_calls / n_new, 'ops_per_token': outer / n_new,
+            'all_ops_per_token': len(events) / n_new, 'us_per_token': total / n_new,
+            'top': table.sort_values('self_us_per_token', ascending=False).head(top)}

@@ -4,12 +4,13 @@
 
 # %% ../nbs/20c_llm_serve.ipynb #20c00003
 from __future__ import annotations
-import asyncio, itertools, secrets, time
+import asyncio, itertools, math, secrets, time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from fastapi import Request
@@ -18,12 +19,13 @@ from fastcore.basics import patch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import Workspace
-from .kv_serving import PagedKVCache
+from .kv_serving import PagedKVCache, SeqView
 from .llm import BPETokenizer, TinyLM, generate
 from .serve import Overloaded, Predictor, ServingMetrics, error_detail
 
 # %% auto #0
-__all__ = ['MODEL_NAME', 'MAX_STOP', 'decode_step', 'ContextTooLong', 'Sequence', 'LLMEngine', 'CompletionRequest', 'Message',
+__all__ = ['MODEL_NAME', 'MAX_STOP', 'decode_step', 'ContextTooLong', 'Sequence', 'EngineSettingError', 'check_settings',
+           'default_blocks', 'LLMEngine', 'drive', 'shared_prompt_run', 'itl_run', 'CompletionRequest', 'Message',
            'ChatRequest', 'chat_prompt', 'openai_error', 'visible_text', 'LLMPredictor', 'mount_llm', 'llm_predictors']
 
 # %% ../nbs/20c_llm_serve.ipynb #20c00006
@@ -76,25 +78,51 @@ class Sequence:
     first: float|None = None
     finish_reason: str|None = None
     cancelled: bool = False
+    todo: list[int] = field(default_factory=list)   # tokens to prefill since admission: prompt and tokens made
+    done: int = 0   # how many of `todo` have their keys and values in the cache
     def __post_init__(self):
         self.gen = torch.Generator().manual_seed(self.seed if self.seed is not None else secrets.randbits(31))
 
 # %% ../nbs/20c_llm_serve.ipynb #20c0000b
+class EngineSettingError(ValueError):
+    "A KV budget or batch setting out of range: `field`, `value` and the `rule` it breaks."
+    def __init__(self, field:str, value, rule:str):
+        super().__init__(f'{field}={value!r}: {rule}')
+        self.field, self.value, self.rule = field, value, rule
+
+def check_settings(context:int, # the model's context in tokens (0: check the ranges only)
+                   n_blocks:int, block_size:int, max_batch:int, prefill_chunk:int|None):
+    "`EngineSettingError` naming the first setting out of range for a model with `context` tokens."
+    for name, v in [('block_size', block_size), ('max_batch', max_batch), ('n_blocks', n_blocks)]:
+        if not (isinstance(v, int) and v >= 1): raise EngineSettingError(name, v, 'must be an integer >= 1')
+    if n_blocks * block_size < context:
+        raise EngineSettingError('n_blocks', n_blocks, f'the budget of {n_blocks} blocks of {block_size} tokens must '
+                                 f'hold one full context ({context} tokens, {-(-context // block_size)} blocks)')
+    if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk >= 1):
+        raise EngineSettingError('prefill_chunk', prefill_chunk, 'must be an integer >= 1 (or none: whole prompts)')
+
+def default_blocks(context:int, block_size:int, max_batch:int) -> int|None:
+    "The KV budget when none is given: a quarter of `max_batch` full contexts, and at least one (None: bad inputs)."
+    if not all(isinstance(v, int) and v >= 1 for v in (block_size, max_batch)): return None
+    return max(max_batch * context // block_size // 4, -(-context // block_size))
+
+# %% ../nbs/20c_llm_serve.ipynb #cfdf045e
 class LLMEngine:
     "Continuous batching of `model` over a `PagedKVCache` of `n_blocks` blocks: a background loop, one token a step."
     def __init__(self, model:TinyLM, tok:BPETokenizer, n_blocks:int|None=None, block_size:int=16,
                  max_batch:int=16, # most sequences in one decode step
                  max_waiting:int=64, # queued requests before new ones are refused (503)
-                 on_token=None): # called as `on_token(seq, kind)` with kind 'first', 'next' or 'done'
+                 on_token=None, # called as `on_token(seq, kind)` with kind 'first', 'next' or 'done'
+                 prefill_chunk:int|None=None, # most prompt tokens prefilled in one step, beside the decodes
+                 share_prefix:bool=True): # share full prompt blocks between requests through the prefix table
         self.model, self.tok, self.context = model.eval(), tok, model.hparams.max_len
-        n_blocks = n_blocks or max_batch * self.context // block_size // 4
-        if n_blocks * block_size < self.context:
-            raise ValueError(f'n_blocks={n_blocks} of {block_size} tokens: the budget must hold one full context '
-                             f'({self.context} tokens)')
+        if n_blocks is None: n_blocks = default_blocks(self.context, block_size, max_batch)
+        check_settings(self.context, n_blocks, block_size, max_batch, prefill_chunk)
         self.paged = PagedKVCache(model, n_blocks, block_size)
         self.max_batch, self.max_waiting, self.on_token = max_batch, max_waiting, on_token or (lambda s, k: None)
+        self.prefill_chunk, self.share_prefix = prefill_chunk, share_prefix
         self.waiting, self.running, self.ids = deque(), [], itertools.count()
-        self.steps = self.preempted = 0
+        self.steps = self.preempted = self.prefilled = self.prefix_hits = self.max_step_tokens = 0
         self.pool, self.task, self.wake = ThreadPoolExecutor(1, thread_name_prefix='llm'), None, None
 
 # %% ../nbs/20c_llm_serve.ipynb #20c0000d
@@ -156,16 +184,18 @@ def _admit(self:LLMEngine) -> list[Sequence]:
     "Waiting sequences that fit the batch and the free blocks, admitted in arrival order."
     new = []
     while self.waiting and len(self.running) + len(new) < self.max_batch:
-        seq = self.waiting[0]
-        if not self.paged.admit(seq.id, len(seq.prompt) + len(seq.out)): break   # recompute made tokens too
+        seq, kv = self.waiting[0], self.paged
+        todo = seq.prompt + seq.out   # after a preemption, the tokens made are recomputed too
+        if (kv.admit_cached(seq.id, todo) is None) if self.share_prefix else not kv.admit(seq.id, len(todo)): break
+        seq.todo, seq.done = todo, 0
         new.append(self.waiting.popleft())
     return new
 
 @patch
-def _reserve(self:LLMEngine):
-    "One more slot for every running sequence, preempting the newest while the blocks run out."
+def _reserve(self:LLMEngine, seqs:list[Sequence]):
+    "One more slot for each of `seqs` (decoding), preempting the newest running sequence while the blocks run out."
     kv = self.paged
-    for seq in list(self.running):
+    for seq in seqs:
         while seq in self.running and kv.alloc.n_free < kv.blocks_for(kv.lengths[seq.id] + 1) - len(kv.tables[seq.id]):
             victim = self.running.pop()
             kv.abort(victim.id)
@@ -173,30 +203,42 @@ def _reserve(self:LLMEngine):
             self.preempted += 1
         if seq in self.running: kv.append(seq.id, 1)
 
-# %% ../nbs/20c_llm_serve.ipynb #20c00012
+# %% ../nbs/20c_llm_serve.ipynb #9de9173e
 @patch
-def _prefill(self:LLMEngine, seqs:list[Sequence]) -> list[torch.Tensor]:
-    "Last-position logits of each admitted sequence's prompt (and the tokens it made before a preemption)."
-    ids = [torch.tensor([s.prompt + s.out], device=self.paged.k.device) for s in seqs]
+def _compute(self:LLMEngine, pre:list[Sequence], dec:list[Sequence]):
+    "The step's tensor work: prompt tokens of `pre` (at most `prefill_chunk` in all), then one decode of `dec`."
+    budget, firsts, dev = self.prefill_chunk or math.inf, [], self.paged.k.device
     with torch.inference_mode():
-        return [self.model(x, self.paged.view(s.id), last_only=True)[0, -1].float() for s, x in zip(seqs, ids)]
+        for seq in pre:
+            if budget <= 0: break
+            start = self.paged.skip_written(seq.id, seq.done)   # blocks another request already computed
+            end = int(min(len(seq.todo), start + budget))
+            view = SeqView(self.paged, seq.id, length=start)
+            logits = self.model(torch.tensor([seq.todo[start:end]], device=dev), view, last_only=True)[0, -1]
+            self.paged.mark_written(seq.id, end)
+            self.prefix_hits, self.prefilled = self.prefix_hits + start - seq.done, self.prefilled + end - start
+            budget, seq.done = budget - (end - start), end
+            if end == len(seq.todo): firsts.append((seq, logits.float()))
+        logits = decode_step(self.model, self.paged, [s.id for s in dec], [s.out[-1] for s in dec]) if dec else None
+    return firsts, logits
 
+# %% ../nbs/20c_llm_serve.ipynb #ddf68c98
 @patch
 async def step(self:LLMEngine):
-    "One iteration: drop cancelled sequences, admit and prefill, else reserve a slot each and decode one token each."
+    "One iteration: drop cancelled sequences, admit, prefill (whole prompts, or a chunk beside the decodes), decode."
     for seq in [s for s in self.running if s.cancelled]: self.release(seq)
-    loop, new = asyncio.get_running_loop(), self._admit()
-    if new:
-        self.running += new
-        for seq, logits in zip(new, await loop.run_in_executor(self.pool, self._prefill, new)): self._emit(seq, logits)
-        return
-    self._reserve()
-    if not self.running: return
-    seqs = list(self.running)
-    logits = await loop.run_in_executor(self.pool, decode_step, self.model, self.paged, [s.id for s in seqs],
-                                        [s.out[-1] for s in seqs])
+    self.running += self._admit()
+    pre = [s for s in self.running if s.done < len(s.todo)]
+    dec = [] if pre and not self.prefill_chunk else [s for s in self.running if s.done >= len(s.todo)]
+    self._reserve(dec)   # whole prompts: a prefill step decodes nothing (the running sequences wait)
+    pre, dec = [s for s in pre if s in self.running], [s for s in dec if s in self.running]
+    if not (pre or dec): return
+    before = self.prefilled
+    firsts, logits = await asyncio.get_running_loop().run_in_executor(self.pool, self._compute, pre, dec)
     self.steps += 1
-    for seq, row in zip(seqs, logits): self._emit(seq, row)
+    self.max_step_tokens = max(self.max_step_tokens, self.prefilled - before + len(dec))
+    for seq, row in firsts: self._emit(seq, row)
+    for seq, row in zip(dec, logits if dec else []): self._emit(seq, row)
 
 # %% ../nbs/20c_llm_serve.ipynb #20c00014
 @patch
@@ -228,6 +270,44 @@ async def stop(self:LLMEngine):
         self.release(seq)
     self.waiting.clear()
     self.pool.shutdown(wait=False, cancel_futures=True)
+
+# %% ../nbs/20c_llm_serve.ipynb #708c6aff
+async def drive(engine:LLMEngine, arrivals:list[tuple[int, Sequence]]) -> dict:
+    "Step `engine` until all is done, submitting each `(step, seq)` of `arrivals` at its step; times and peak blocks."
+    stamps, i, peak, pending = {}, 0, 0, sorted(arrivals, key=lambda a: a[0])
+    engine.on_token = lambda s, kind: stamps.setdefault(s.id, []).append(time.perf_counter()) if kind != 'done' else 0
+    t0 = time.perf_counter()
+    try:
+        while pending or engine.waiting or engine.running:
+            while pending and pending[0][0] <= i: engine.submit(pending.pop(0)[1])
+            await engine.step()
+            peak, i = max(peak, engine.paged.alloc.n_used), i + 1
+    finally: engine.pool.shutdown(wait=True)
+    return {'stamps': stamps, 'peak_blocks': peak, 'steps': i, 'seconds': time.perf_counter() - t0}
+
+async def shared_prompt_run(model:TinyLM, tok, system:list[int], questions:list[list[int]], max_tokens:int=16,
+                            share:bool=True, block_size:int=16, n_blocks:int|None=None) -> dict:
+    "`questions` after the same `system` prompt, all queued at once; tokens out, peak blocks, prompt tokens computed."
+    eng = LLMEngine(model, tok, n_blocks, block_size, max_batch=len(questions), share_prefix=share)
+    seqs = [Sequence(system + q, max_tokens, temperature=0) for q in questions]
+    run = await drive(eng, [(0, s) for s in seqs])
+    return {'tokens': [s.out for s in seqs], 'peak_blocks': run['peak_blocks'], 'prefill_tokens': eng.prefilled,
+            'cached_tokens': eng.prefix_hits, 'leaked': eng.paged.alloc.n_used}
+
+# %% ../nbs/20c_llm_serve.ipynb #ee772990
+async def itl_run(model:TinyLM, tok, prefill_chunk:int|None, short:list[list[int]], long:list[list[int]],
+                  short_tokens:int=64, long_tokens:int=4, every:int=8, block_size:int=16,
+                  n_blocks:int|None=None) -> dict:
+    "`short` prompts decoding `short_tokens` each while one of `long` arrives every `every` steps: their token gaps."
+    eng = LLMEngine(model, tok, n_blocks, block_size, max_batch=len(short) + len(long), prefill_chunk=prefill_chunk,
+                    share_prefix=False)
+    shorts = [Sequence(p, short_tokens, temperature=0) for p in short]
+    longs = [Sequence(p, long_tokens, temperature=0) for p in long]
+    run = await drive(eng, [(0, s) for s in shorts] + [(every * (j + 1), s) for j, s in enumerate(longs)])
+    gaps = np.concatenate([np.diff(run['stamps'][s.id]) for s in shorts]) * 1e3
+    return {'itl_p50_ms': float(np.percentile(gaps, 50)), 'itl_p99_ms': float(np.percentile(gaps, 99)),
+            'itl_max_ms': float(gaps.max()), 'max_step_tokens': eng.max_step_tokens, 'steps': run['steps'],
+            'seconds': run['seconds'], 'tokens': [s.out for s in shorts + longs]}
 
 # %% ../nbs/20c_llm_serve.ipynb #20c0001a
 MODEL_NAME, MAX_STOP = 'tiny-lm', 4   # the registry name served at /v1; at most this many stop strings, as OpenAI
@@ -313,7 +393,15 @@ def _llm_metrics(registry, engine:LLMEngine, window:deque) -> dict:
                           ('kv_blocks_free', 'KV blocks free', lambda: alloc.n_free),
                           ('kv_blocks_allocated', 'KV blocks taken from the free list, ever', lambda: alloc.allocated),
                           ('kv_blocks_released', 'KV blocks returned to the free list, ever', lambda: alloc.released),
-                          ('preempted', 'Sequences preempted for KV blocks, ever', lambda: engine.preempted)]:
+                          ('preempted', 'Sequences preempted for KV blocks, ever', lambda: engine.preempted),
+                          ('prefill_tokens', 'Prompt tokens computed, ever', lambda: engine.prefilled),
+                          ('prefix_cached_tokens', 'Prompt tokens found computed in shared blocks, ever',
+                           lambda: engine.prefix_hits),
+                          ('kv_blocks_total', 'KV budget in blocks (--kv-blocks)', lambda: alloc.n_blocks),
+                          ('kv_block_size', 'Tokens per KV block (--block-size)', lambda: engine.paged.bs),
+                          ('max_seqs', 'Most sequences in one step (--max-seqs)', lambda: engine.max_batch),
+                          ('prefill_chunk', 'Most prompt tokens per step, 0 for whole prompts (--prefill-chunk)',
+                           lambda: engine.prefill_chunk or 0)]:
         Gauge(f'mlsys_llm_{name}', doc, registry=registry).set_function(fn)
     return {'ttft': ttft, 'tpot': tpot, 'tokens': tokens}
 
@@ -325,7 +413,7 @@ class LLMPredictor(Predictor):
                  model:TinyLM|None=None, tok:BPETokenizer|None=None, # a model to serve instead of the registry's
                  n_blocks:int|None=None, block_size:int=16, max_batch:int=16, max_waiting:int=64,
                  queue_timeout_s:float=30.0, # longest wait for KV blocks before a 503
-                 max_body_bytes:int=1_048_576):
+                 max_body_bytes:int=1_048_576, prefill_chunk:int|None=None, share_prefix:bool=True):
         from mlsys.registry import Registry
         self.metrics, self.name, self.created = metrics or ServingMetrics(), name, int(time.time())
         self.queue_timeout, self.max_body_bytes, self.label = queue_timeout_s, max_body_bytes, f'{name}:given'
@@ -333,7 +421,8 @@ class LLMPredictor(Predictor):
             model, tok, row = (reg or Registry(ws.models)).load(name, 'production')
             self.label = f"{name}:{row['version']}"
         self.tok, self.window = tok, deque()
-        self.engine = LLMEngine(model.float().eval(), tok, n_blocks, block_size, max_batch, max_waiting, self._on_token)
+        self.engine = LLMEngine(model.float().eval(), tok, n_blocks, block_size, max_batch, max_waiting, self._on_token,
+                                prefill_chunk, share_prefix)
         self.m = _llm_metrics(self.metrics.registry, self.engine, self.window)
 
     def _on_token(self, seq:Sequence, kind:str):
@@ -349,10 +438,11 @@ class LLMPredictor(Predictor):
 # %% ../nbs/20c_llm_serve.ipynb #20c00025
 @patch
 def info(self:LLMPredictor) -> dict:
-    "The route, the version serving, the context and the KV budget."
+    "The route, the version serving, the context, the KV budget and the batch settings."
     e = self.engine
     return {'route': self.route, 'serving': self.label, 'context': e.context, 'kv_blocks': e.paged.alloc.n_blocks,
-            'block_size': e.paged.bs, 'max_batch': e.max_batch}
+            'block_size': e.paged.bs, 'max_seqs': e.max_batch, 'prefill_chunk': e.prefill_chunk,
+            'share_prefix': e.share_prefix}
 
 @patch(as_prop=True)
 def ready(self:LLMPredictor) -> bool: return self.engine.task is not None and not self.engine.task.done()
@@ -447,8 +537,8 @@ def mount_llm(app, route:str='/v1'):
     @app.get(f'{route}/models')
     async def models():
         p = app.state.predictors[route]
-        return reply({'object': 'list', 'data': [{'id': p.name, 'object': 'model', 'created': p.created,
-                                                  'owned_by': 'mlsys'}]}, 200, 'v1/models')
+        entry = {'id': p.name, 'object': 'model', 'created': p.created, 'owned_by': 'mlsys'}
+        return reply({'object': 'list', 'data': [entry | {'mlsys': p.info()}]}, 200, 'v1/models')
     async def answer(request:Request, chat:bool):
         t0, p = time.perf_counter(), app.state.predictors[route]
         endpoint = 'v1/chat/completions' if chat else 'v1/completions'
@@ -471,12 +561,20 @@ def mount_llm(app, route:str='/v1'):
         return await answer(request, True)
 
 # %% ../nbs/20c_llm_serve.ipynb #20c0002d
-def llm_predictors(ws:Workspace|str, name:str=MODEL_NAME) -> dict:
-    "`{'/v1': builder}` for `create_app` when `ws` has `name` in production; `{}` otherwise."
+def llm_predictors(ws:Workspace|str, name:str=MODEL_NAME,
+                   **engine) -> dict: # `LLMPredictor`'s n_blocks, block_size, max_batch, prefill_chunk, share_prefix
+    "`{'/v1': builder}` for `create_app` when `ws` has `name` in production, settings checked now; `{}` otherwise."
+    import json
     from mlsys.registry import Registry, RegistryError
+    kw = {'n_blocks': None, 'block_size': 16, 'max_batch': 16, 'prefill_chunk': None} | engine
+    check_settings(0, 1 if kw['n_blocks'] is None else kw['n_blocks'], kw['block_size'], kw['max_batch'],
+                   kw['prefill_chunk'])   # the ranges, with or without a model
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
-    try: Registry(ws.models).get(name, 'production')
+    try: row = Registry(ws.models).get(name, 'production')
     except RegistryError: return {}
-    def build(ctx) -> LLMPredictor: return LLMPredictor(ctx.ws, ctx.metrics, name=name)
+    context = json.loads((row['path']/'model.json').read_text())['hparams']['max_len']   # the budget, before serving
+    blocks = default_blocks(context, kw['block_size'], kw['max_batch']) if kw['n_blocks'] is None else kw['n_blocks']
+    check_settings(context, blocks, kw['block_size'], kw['max_batch'], kw['prefill_chunk'])
+    def build(ctx) -> LLMPredictor: return LLMPredictor(ctx.ws, ctx.metrics, name=name, **engine)
     build.mount = mount_llm
     return {'/v1': build}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .llm import LMDataModule, TinyLM, generate, generation_flops, seed_text, train_lm
+from .llm import LMDataModule, TinyLM, decode_profile, generate, generation_flops, seed_text, train_lm
 
 # %% auto #0
 __all__ = ['SPEED_MODEL', 'Int8Linear', 'Int4Linear', 'quantize_lm', 'model_bytes', 'heldout_loss', 'LoRALinear', 'add_lora',
@@ -132,27 +132,32 @@ def fine_tune(model:TinyLM, tok, text:str, steps:int=100, lr:float=1e-3, block:i
 def _sync(device:str):
     if device.startswith('cuda'): torch.cuda.synchronize()
 
-def best_seconds(fns:dict, repeat:int=3, device:str='cpu') -> dict:
+def best_seconds(fns:dict, repeat:int=3, device:str='cpu',
+                 inner:dict|None=None) -> dict: # timed calls per round of some keys (default 1): the quick ones
     "Fastest seconds of each callable in `fns` after a warm-up; runs interleaved, so machine load hits all alike."
     for f in fns.values(): f()
     best = dict.fromkeys(fns, math.inf)
     for _ in range(repeat):
         for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            _sync(device)
-            best[k] = min(best[k], time.perf_counter() - t0)
+            for _ in range((inner or {}).get(k, 1)):
+                t0 = time.perf_counter()
+                f()
+                _sync(device)
+                best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 def bench_generation(model:TinyLM, lengths=(32, 64, 128, 256), prompt_len:int=16, device:str='cpu',
-                     repeat:int=3) -> list[dict]:
-    "Tokens/s of greedy generation with and without the KV cache at each of `lengths` new tokens."
+                     repeat:int=3, paths=(True,)) -> list[dict]: # `generate`'s `fused` values, timed interleaved
+    "Tokens/s of greedy generation with and without the KV cache at each of `lengths` new tokens, for each path."
     prompt, rows = list(range(1, prompt_len + 1)), []
     for n in lengths:
-        s = best_seconds({c: (lambda c=c: generate(model, prompt, n, use_cache=c)) for c in (True, False)}, repeat,
-                         device)
-        rows.append({'label': f'generate {n} tokens', 'tokens_per_s_cache': round(n / s[True], 1),
-                     'tokens_per_s_no_cache': round(n / s[False], 1), 'speedup': round(s[False] / s[True], 2)})
+        fns = {(c, f): (lambda c=c, f=f: generate(model, prompt, n, use_cache=c, fused=f)) for f in paths
+               for c in (True, False)}
+        s = best_seconds(fns, repeat, device, inner={(True, f): 3 for f in paths})   # the cached runs: short, noisy
+        rows += [{'label': f'generate {n} tokens', 'path': 'fused' if f else 'modules',
+                  'tokens_per_s_cache': round(n / s[True, f], 1), 'tokens_per_s_no_cache': round(n / s[False, f], 1),
+                  'ms_per_token_cache': round(s[True, f] / n * 1e3, 3), 'speedup': round(s[False, f] / s[True, f], 2)}
+                 for f in paths]
     return rows
 
 # %% ../nbs/20b_llm_tune.ipynb #8923ede9
@@ -170,8 +175,9 @@ def _cache_speed(model:TinyLM, quick:bool, device:str) -> list[dict]:
     lengths, repeat = ((64, 256), 2) if quick else ((32, 64, 128, 256), 3)
     rows = [r | {'model': 'speed', 'size': _size(big)} for r in bench_generation(big, lengths, device=device,
                                                                                    repeat=repeat)]
-    return rows + [r | {'label': f"{r['label']} (notebook model)", 'model': 'notebook', 'size': _size(model)}
-                   for r in bench_generation(model, (256,), device=device, repeat=repeat)]
+    return rows + [r | {'label': f"{r['label']} (notebook model, {r['path']})", 'model': 'notebook',
+                        'size': _size(model)}
+                   for r in bench_generation(model, (256,), device=device, repeat=repeat + 1, paths=(False, True))]
 
 # %% ../nbs/20b_llm_tune.ipynb #ae275d90
 def _serving_rows(cost, quick:bool) -> tuple[list[dict], dict]:
@@ -189,6 +195,35 @@ def _serving_rows(cost, quick:bool) -> tuple[list[dict], dict]:
                   round(float(np.mean([batching_ratio(cost, wl, 150 if quick else 600, s) for s in seeds])), 2)}
     return rows, ratios
 
+# %% ../nbs/20b_llm_tune.ipynb #a8633b7e
+def _engine_rows(model:TinyLM, tok, quick:bool) -> tuple[list[dict], dict]:
+    "Chunked against whole prefill (decoders' inter-token p99 while long prompts arrive) and a shared system prompt."
+    import asyncio
+    from mlsys.llm_serve import itl_run, shared_prompt_run
+    rng, ctx = np.random.default_rng(0), model.hparams.max_len
+    short = [rng.integers(0, tok.vocab_size, 16).tolist() for _ in range(4)]
+    long = [rng.integers(0, tok.vocab_size, ctx * 3 // 4).tolist() for _ in range(2 if quick else 4)]
+    itl = {c: asyncio.run(itl_run(model, tok, c, short, long, short_tokens=48 if quick else 96, every=8))
+           for c in (None, 64)}
+    if itl[64]['tokens'] != itl[None]['tokens']: raise AssertionError('chunked prefill changed the tokens')
+    system = tok.encode(seed_text()[:1500])[:ctx // 4]
+    questions = [tok.encode(f' Question {i}: what does a KV cache hold?') for i in range(8)]
+    shared = {s: asyncio.run(shared_prompt_run(model, tok, system, questions, 8, share=s, n_blocks=8 * ctx // 16))
+              for s in (False, True)}   # room for all eight either way: the peak is what they need
+    if shared[True]['tokens'] != shared[False]['tokens']: raise AssertionError('prefix sharing changed the tokens')
+    rows = [{'label': f"decoders while {len(long)} prompts of {len(long[0])} tokens arrive, "
+                      f"{'whole prefill' if c is None else f'prefill chunks of {c}'}"} |
+            {k: round(v, 3) for k, v in r.items() if k != 'tokens'} for c, r in itl.items()]
+    rows += [{'label': f"8 requests behind a {len(system)}-token system prompt, {'shared' if s else 'not shared'}"} |
+             {k: v for k, v in r.items() if k != 'tokens'} for s, r in shared.items()]
+    return rows, {'itl_p99_ms_whole_prefill': round(itl[None]['itl_p99_ms'], 2),
+                  'itl_p99_ms_chunked_prefill': round(itl[64]['itl_p99_ms'], 2),
+                  'whole_over_chunked_itl_p99': round(itl[None]['itl_p99_ms'] / itl[64]['itl_p99_ms'], 2),
+                  'shared_prefix_peak_blocks_ratio':
+                      round(shared[False]['peak_blocks'] / shared[True]['peak_blocks'], 2),
+                  'shared_prefix_prefill_tokens_ratio':
+                      round(shared[False]['prefill_tokens'] / shared[True]['prefill_tokens'], 2)}
+
 # %% ../nbs/20b_llm_tune.ipynb #9232ce13
 def bench_llm(quick:bool=False, device:str='cpu'):
     "KV cache speed-up, paged vs contiguous KV waste, continuous vs static batching, INT8 loss and speed."
@@ -203,19 +238,29 @@ def bench_llm(quick:bool=False, device:str='cpu'):
     rows = _cache_speed(model, quick, device)
     cost = measure_step_cost(model, repeat=2 if quick else 5)
     serve_rows, ratios = _serving_rows(cost, quick)
+    engine_rows, engine_ratios = _engine_rows(model, run.tok, quick)
     q8 = quantize_lm(model, 8)
     fp_loss, q_loss = heldout_loss(model, run.dm), heldout_loss(q8, run.dm)
     prompt = list(range(1, 17))
-    s = best_seconds({'fp32': lambda: generate(model, prompt, 64), 'int8': lambda: generate(q8, prompt, 64)}, 3, device)
+    s = best_seconds({'fp32': lambda: generate(model, prompt, 64, fused=False),   # the same (modules) path for both
+                      'int8': lambda: generate(q8, prompt, 64)}, 3, device)
     fp_tps, q_tps = 64 / s['fp32'], 64 / s['int8']
-    rows += serve_rows + [{'label': 'fp32 model', 'bytes': model_bytes(model), 'heldout_loss': round(fp_loss, 4),
-                           'decode_tokens_per_s': round(fp_tps, 1)},
-                          {'label': 'int8 weight-only', 'bytes': model_bytes(q8), 'heldout_loss': round(q_loss, 4),
-                           'decode_tokens_per_s': round(q_tps, 1)}]
+    rows += serve_rows + engine_rows
+    rows += [{'label': 'fp32 model', 'bytes': model_bytes(model), 'heldout_loss': round(fp_loss, 4),
+              'decode_tokens_per_s': round(fp_tps, 1)},
+             {'label': 'int8 weight-only', 'bytes': model_bytes(q8), 'heldout_loss': round(q_loss, 4),
+              'decode_tokens_per_s': round(q_tps, 1)}]
     speed = {f"kv_cache_speedup_{r['label'].split()[1]}": r['speedup'] for r in rows if r.get('model') == 'speed'}
-    speed['kv_cache_speedup_256_notebook_model'] = next(r['speedup'] for r in rows if r.get('model') == 'notebook')
+    nb = {r['path']: r for r in rows if r.get('model') == 'notebook'}   # before (modules) and after (fused)
+    speed |= {'kv_cache_speedup_256_notebook_model': nb['fused']['speedup'],
+              'kv_cache_speedup_256_notebook_model_modules': nb['modules']['speedup'],
+              'fused_over_modules_cached_step': round(nb['modules']['ms_per_token_cache'] /
+                                                      nb['fused']['ms_per_token_cache'], 2)}
+    prof = {f: decode_profile(model, 32, fused=f) for f in (False, True)}   # exact counts, beside the times
+    speed |= {f"decode_{k}_{'fused' if f else 'modules'}": round(p[k], 1) for f, p in prof.items()
+              for k in ('python_calls_per_token', 'ops_per_token')}
     work = generation_flops(model, 16, 256)   # the work the cache saves, beside the time it saves
     speed['kv_cache_flop_ratio_256'] = round(work['without_cache'] / work['with_cache'], 1)
-    return rows, {**speed, **ratios, 'int8_loss_increase': round(q_loss - fp_loss, 4),
+    return rows, {**speed, **ratios, **engine_ratios, 'int8_loss_increase': round(q_loss - fp_loss, 4),
                   'int8_memory_ratio': round(model_bytes(model) / model_bytes(q8), 2),
                   'int8_decode_speedup': round(q_tps / fp_tps, 2)}

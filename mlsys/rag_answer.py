@@ -4,15 +4,19 @@
 
 # %% ../nbs/21a_rag_answer.ipynb #60702395
 from __future__ import annotations
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 
 from .rag import DEFAULT, HybridSearcher, gold_spans, relevant, sentences
 
 # %% auto #0
-__all__ = ['Citation', 'Answer', 'Answerer', 'ExtractiveAnswerer', 'support_scores', 'choose_threshold', 'answer_quality']
+__all__ = ['FEATURES', 'PROMPT_VERSION', 'PROMPT_TEMPLATE', 'Citation', 'Answer', 'Answerer', 'bm25_evidence',
+           'ExtractiveAnswerer', 'choose_threshold', 'support_frame', 'judged', 'SupportModel', 'held_out_support',
+           'OpenAIAnswerer']
 
 # %% ../nbs/21a_rag_answer.ipynb #39e2c285
 @dataclass
@@ -28,44 +32,56 @@ class Answer:
     question: str
     text: str
     citations: list[Citation] = field(default_factory=list)
-    support: float = 0.0                   # cosine of the question and the closest retrieved sentence
+    support: float = 0.0                   # the score the answer was judged on (see `ExtractiveAnswerer`)
     abstained: bool = False
     nearest: list[str] = field(default_factory=list)
+    features: dict = field(default_factory=dict)   # the evidence behind `support` (`support_features`' columns)
 
 class Answerer:
     "What every answerer offers: `answer(question, k)` returns an `Answer` (cited, or abstaining)."
     def answer(self, question:str, k:int=5) -> Answer: raise NotImplementedError
 
 # %% ../nbs/21a_rag_answer.ipynb #bfc131cb
-class ExtractiveAnswerer(Answerer):
-    "Quote the retrieved sentences closest to the question, cited; abstain when the closest is below `threshold`."
-    def __init__(self, searcher:HybridSearcher, threshold:float, # minimum support (cosine) to answer
-                 retriever:str=DEFAULT['retriever'], n_sentences:int=2):
-        self.searcher, self.threshold, self.retriever, self.n = searcher, threshold, retriever, n_sentences
+def bm25_evidence(searcher, question:str, hits:list) -> float:
+    "The BM25 score of the best of `hits` for `question`: 0 when `searcher` has no `bm25` or the question no term."
+    bm = getattr(searcher, 'bm25', None)
+    tokens = bm._tokens([question])[0] if bm is not None and hits else []
+    if not tokens: return 0.0
+    pos = {c.id: i for i, c in enumerate(searcher.chunks)}
+    scores = bm.model.get_scores(tokens)
+    return float(max(scores[pos[c.id]] for c in hits))
 
-    def _support(self, question:str, k:int) -> tuple[list, np.ndarray, list]:
-        "The retrieved chunks, each candidate sentence's cosine to the question, and `(chunk, sentence)` pairs."
+# %% ../nbs/21a_rag_answer.ipynb #fe737c24
+class ExtractiveAnswerer(Answerer):
+    "Quote the retrieved sentences closest to the question, cited; abstain when the support is below `threshold`."
+    def __init__(self, searcher:HybridSearcher, threshold:float, # minimum support to answer
+                 retriever:str=DEFAULT['retriever'], n_sentences:int=2,
+                 model:'SupportModel|None'=None): # support = its probability; None: the closest sentence's cosine
+        self.searcher, self.threshold, self.retriever = searcher, threshold, retriever
+        self.n, self.model = n_sentences, model
+
+    def _support(self, question:str, k:int) -> tuple[list, np.ndarray, list, dict]:
+        "The retrieved chunks, each candidate sentence's cosine, `(chunk, sentence)` pairs, and the support features."
         hits = [c for c, _ in self.searcher.search(question, k, self.retriever)]
         pairs = [(c, s) for c in hits for s in (sentences(c.text) or [c.text])]
         qv = self.searcher.embedder.encode([question], cache=False)[0]
         sims = self.searcher.embedder.encode([s for _, s in pairs]) @ qv if pairs else np.zeros(0)
-        return hits, sims, pairs
+        feats = {'cosine': float(sims.max()) if len(sims) else 0.0,
+                 'bm25': bm25_evidence(self.searcher, question, hits)}
+        return hits, sims, pairs, feats
 
     def answer(self, question:str, k:int=5) -> Answer:
-        hits, sims, pairs = self._support(question, k)
-        support = float(sims.max()) if len(sims) else 0.0
+        hits, sims, pairs, feats = self._support(question, k)
+        support = feats['cosine'] if self.model is None else float(self.model.score(feats)[0])
         if support < self.threshold:
             nearest = list(dict.fromkeys(' > '.join(c.path) for c in hits))[:3]
-            return Answer(question, "I don't know: the guide does not seem to answer this.", [], support, True, nearest)
+            return Answer(question, "I don't know: the guide does not seem to answer this.", [], support, True, nearest,
+                          feats)
         best = np.argsort(-sims, kind='stable')[:self.n]
         cites = [Citation(pairs[i][0].id, ' > '.join(pairs[i][0].path), pairs[i][1]) for i in best]
-        return Answer(question, ' '.join(c.sentence for c in cites), cites, support)
+        return Answer(question, ' '.join(c.sentence for c in cites), cites, support, features=feats)
 
 # %% ../nbs/21a_rag_answer.ipynb #ae1b66d2
-def support_scores(answerer:ExtractiveAnswerer, questions:list[str], k:int=5) -> np.ndarray:
-    "Each question's support: the cosine of the closest sentence among its `k` retrieved chunks."
-    return np.array([float(s.max()) if len(s) else 0.0 for s in (answerer._support(q, k)[1] for q in questions)])
-
 def choose_threshold(answerable:np.ndarray, unanswerable:np.ndarray) -> float:
     "The cut between two neighbouring scores with the best balanced accuracy (answered | abstained), lowest first."
     scores = np.unique(np.concatenate([answerable, unanswerable]))
@@ -74,15 +90,141 @@ def choose_threshold(answerable:np.ndarray, unanswerable:np.ndarray) -> float:
     return float(cuts[int(np.argmax(bal))])
 
 # %% ../nbs/21a_rag_answer.ipynb #a2ae2219
-def answer_quality(answerer:ExtractiveAnswerer, evalset:pd.DataFrame, docs) -> pd.DataFrame:
-    "Per question: answered or abstained, support, and for answerable ones whether a citation is a relevant chunk."
+def support_frame(answerer:ExtractiveAnswerer, evalset:pd.DataFrame, docs, k:int=5) -> pd.DataFrame:
+    "Per question: `answerable`, the support features, and whether the answer's citations hold a relevant chunk."
     chunks, rows = answerer.searcher.chunks, []
     index = {c.id: i for i, c in enumerate(chunks)}
     gold = dict(zip(evalset.id[evalset.answerable], gold_spans(docs, evalset[evalset.answerable])))
+    forced = ExtractiveAnswerer(answerer.searcher, -np.inf, answerer.retriever, answerer.n)   # always answers
     for qid, q, ok in zip(evalset.id, evalset.question, evalset.answerable):
-        a = answerer.answer(q)
+        a = forced.answer(q, k)
         cited = {index[c.chunk_id] for c in a.citations}
-        good = bool(ok and not a.abstained and cited & relevant(chunks, gold[qid]))
-        rows.append({'id': qid, 'answerable': ok, 'abstained': a.abstained, 'support': a.support,
-                     'correct': good if ok else a.abstained})
+        rows.append({'id': qid, 'answerable': bool(ok), **a.features,
+                     'cited_relevant': bool(ok and cited & relevant(chunks, gold[qid]))})
     return pd.DataFrame(rows)
+
+def judged(frame:pd.DataFrame) -> pd.DataFrame:
+    "`frame` (with `answered`) plus `correct`: answered with a relevant citation, or abstained when unanswerable."
+    return frame.assign(correct=np.where(frame.answerable, frame.answered & frame.cited_relevant, ~frame.answered))
+
+# %% ../nbs/21a_rag_answer.ipynb #afe4fb46
+FEATURES = ('cosine', 'bm25')        # the support model's inputs, as `ExtractiveAnswerer` computes them
+
+@dataclass
+class SupportModel:
+    "A logistic model of \"the retrieved text answers the question\" on support features, and its cut (`threshold`)."
+    features: list[str]
+    mean: list[float]
+    scale: list[float]
+    coef: list[float]
+    intercept: float
+    threshold: float = 0.5
+
+    @classmethod
+    def fit(cls, frame:pd.DataFrame, # one row per question: `answerable` and the `features`
+            features=FEATURES, C:float=1.0) -> SupportModel:
+        "Fit on `frame`; the threshold maximises balanced accuracy on the same rows."
+        from sklearn.linear_model import LogisticRegression
+        X, y = frame[list(features)].to_numpy(float), frame.answerable.to_numpy(bool)
+        mean, scale = X.mean(0), X.std(0)
+        scale[scale == 0] = 1.0
+        lr = LogisticRegression(C=C).fit((X - mean) / scale, y)
+        m = cls(list(features), mean.tolist(), scale.tolist(), lr.coef_[0].tolist(), float(lr.intercept_[0]))
+        p = m.score(frame)
+        m.threshold = choose_threshold(p[y], p[~y])
+        return m
+
+    def score(self, x:pd.DataFrame|dict) -> np.ndarray: # rows of features, or one question's `features` dict
+        "The probability that the retrieved text answers each question."
+        X = (pd.DataFrame([x]) if isinstance(x, dict) else x)[self.features].to_numpy(float)
+        z = ((X - np.array(self.mean)) / np.array(self.scale)) @ np.array(self.coef) + self.intercept
+        return 1 / (1 + np.exp(-z))
+
+# %% ../nbs/21a_rag_answer.ipynb #d8acfd4e
+def held_out_support(frame:pd.DataFrame, # `support_frame`'s rows: `answerable`, features, `cited_relevant`
+                     features=FEATURES, folds:int=5, seed:int=0) -> pd.DataFrame:
+    "`frame` judged out of fold: `fold`, `support`, `threshold` (the fold's cut), `answered`, `correct`."
+    from sklearn.model_selection import StratifiedKFold
+    y = frame.answerable.to_numpy(bool)
+    n = min(folds, int(y.sum()), int((~y).sum()))
+    if n < 2: raise ValueError(f'held_out_support: need 2 answerable and 2 unanswerable questions, got '
+                               f'{int(y.sum())} and {int((~y).sum())}')
+    out = frame.assign(fold=-1, support=np.nan, threshold=np.nan)
+    for f, (tune, test) in enumerate(StratifiedKFold(n, shuffle=True, random_state=seed).split(frame, y)):
+        m = SupportModel.fit(frame.iloc[tune], features)
+        rows = out.index[test]
+        out.loc[rows, 'fold'], out.loc[rows, 'threshold'] = f, m.threshold
+        out.loc[rows, 'support'] = m.score(frame.iloc[test])
+    return judged(out.assign(answered=out.support >= out.threshold))
+
+# %% ../nbs/21a_rag_answer.ipynb #0fa16546
+PROMPT_VERSION = 'rag-answer/1'      # bump when the template below changes
+PROMPT_TEMPLATE = """Prompt template {version}.
+You answer questions about a guide using only the quoted documents in the user's message. {rule}
+Reply with one JSON object and nothing else, in this form:
+{{"answer": "<your answer>", "abstained": false,
+ "citations": [{{"chunk_id": "<the source id of a document you used>", "quote": "<words copied from it>"}}]}}
+Every answer cites at least one document by its source id. If the documents do not answer the question, reply
+{{"answer": "I don't know", "citations": [], "abstained": true}}"""
+
+def _json_part(text:str) -> str:
+    "The outermost `{...}` of a reply (models wrap JSON in prose or code fences); the reply itself when there is none."
+    a, b = text.find('{'), text.rfind('}')
+    return text[a:b + 1] if 0 <= a < b else text
+
+# %% ../nbs/21a_rag_answer.ipynb #35a41dac
+class OpenAIAnswerer(Answerer):
+    "Answer with a chat model behind any OpenAI-compatible endpoint, from quoted retrieved chunks, citations checked."
+    def __init__(self, searcher:HybridSearcher, model:str, # the endpoint's model name
+                 base_url:str|None=None, # e.g. `http://localhost:8000/v1`; None: the client's default (OPENAI_BASE_URL)
+                 api_key:str|None=None, client=None, # an `openai.OpenAI` (or compatible) client to reuse
+                 retriever:str=DEFAULT['retriever'], max_tokens:int=300, timeout:float=60.0):
+        if client is None:
+            try: import openai
+            except ImportError as e:
+                raise ImportError("OpenAIAnswerer needs the `openai` package: pip install 'openai>=1'") from e
+            client = openai.OpenAI(base_url=base_url, api_key=api_key or os.environ.get('OPENAI_API_KEY', 'unused'),
+                                   max_retries=0, timeout=timeout)
+        self.searcher, self.client, self.model, self.retriever = searcher, client, model, retriever
+        self.max_tokens, self.calls = max_tokens, []       # `calls`: one record per request sent
+
+    def messages(self, question:str, hits:list) -> list[dict]:
+        "The chat messages for `question`: the versioned template, then the quoted chunks and the question."
+        from mlsys.rag_guard import PROMPT_RULE, guarded_context
+        system = PROMPT_TEMPLATE.format(version=PROMPT_VERSION, rule=PROMPT_RULE)
+        return [{'role': 'system', 'content': system},
+                {'role': 'user', 'content': f'{guarded_context(hits)}\n\nQuestion: {question}'}]
+
+    def _send(self, messages:list[dict]) -> str:
+        r = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0,
+                                                max_tokens=self.max_tokens,
+                                                extra_headers={'X-Prompt-Version': PROMPT_VERSION})
+        choice = r.choices[0]
+        self.calls.append({'prompt_version': PROMPT_VERSION, 'id': r.id, 'model': r.model,
+                           'finish_reason': choice.finish_reason, 'usage': r.usage.model_dump() if r.usage else None})
+        return _json_part(choice.message.content or '')
+
+# %% ../nbs/21a_rag_answer.ipynb #a37d2a8a
+@patch
+def answer(self:OpenAIAnswerer, question:str, k:int=5) -> Answer:
+    "Retrieve, ask the model, check the reply (one retry, then refuse); abstain when it cannot answer or fails."
+    from mlsys.rag_guard import AnswerRefused, structured_answer
+    hits = [c for c, _ in self.searcher.search(question, k, self.retriever)]
+    nearest = list(dict.fromkeys(' > '.join(c.path) for c in hits))[:3]
+    def abstain(why:str, **info) -> Answer:
+        return Answer(question, f"I don't know: {why}.", [], 0.0, True, nearest, {'reason': why, **info})
+    if not hits: return abstain('nothing was retrieved')
+    msgs, sent = self.messages(question, hits), len(self.calls)
+    try:
+        first = self._send(msgs)
+        retry = lambda problem: self._send(msgs + [{'role': 'assistant', 'content': first}, {'role': 'user', 'content':
+                    f'Your reply was rejected: {problem}. Reply again with the JSON object only.'}])
+        reply = structured_answer(first, retry=retry, retrieved_ids={c.id for c in hits})
+    except AnswerRefused as e: return abstain('the answer failed validation', refused=str(e), attempts=2)
+    except Exception as e:         # the endpoint failed (network, 4xx/5xx): say so, never raise into the caller
+        return abstain('the language model could not be reached', error=f'{type(e).__name__}: {e}'[:300])
+    attempts = len(self.calls) - sent
+    if reply.abstained: return abstain('the model found no answer in the retrieved sections', attempts=attempts)
+    by_id = {c.id: c for c in hits}
+    cites = [Citation(c.chunk_id, ' > '.join(by_id[c.chunk_id].path), c.quote) for c in reply.citations]
+    return Answer(question, reply.answer, cites, 1.0, features={'attempts': attempts})

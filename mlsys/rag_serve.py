@@ -18,15 +18,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .config import Workspace, atomic_folder, get_logger
 from .rag import (DEFAULT, BM25Retriever, Chunk, DenseRetriever, Document, Embedder, HybridSearcher, chunk_corpus,
                   convex, gold_spans, load_corpus, load_eval, relevant, rrf, sentences)
-from .rag_answer import Answer, ExtractiveAnswerer, choose_threshold
+from .rag_answer import FEATURES, Answer, ExtractiveAnswerer, OpenAIAnswerer, SupportModel, held_out_support
 from .retrieval import ItemIndex
 from .serve import Key, PredictionLogWriter, Predictor, ServingMetrics
 
 # %% auto #0
-__all__ = ['CUTS', 'FUSE', 'MAX_QUESTION_CHARS', 'MAX_K', 'MAX_TAGS', 'ModelMismatch', 'RagIndex', 'build_index', 'index_meta',
-           'read_corpus', 'doc_tags', 'staleness', 'check_staleness', 'rag_root', 'publish_index', 'open_served',
-           'RagIndexWatch', 'AskRequest', 'answer_one', 'AskLog', 'RagPredictor', 'rag_predictors', 'probe', 'judge',
-           'calibrate', 'summarize', 'no_regression', 'rag_gates', 'index_stage', 'eval_stage', 'bench_rag_serve']
+__all__ = ['CUTS', 'FUSE', 'MAX_QUESTION_CHARS', 'MAX_K', 'MAX_TAGS', 'LLM_ENV', 'ModelMismatch', 'RagIndex', 'build_index',
+           'index_meta', 'read_corpus', 'doc_tags', 'staleness', 'check_staleness', 'rag_root', 'publish_index',
+           'open_served', 'RagIndexWatch', 'AskRequest', 'answer_one', 'llm_from_env', 'AskLog', 'RagPredictor',
+           'rag_predictors', 'probe', 'judge', 'calibrate', 'summarize', 'no_regression', 'rag_gates', 'index_stage',
+           'eval_stage', 'bench_rag_serve']
 
 # %% ../nbs/21b_rag_serve.ipynb #85b243db
 class ModelMismatch(ValueError):
@@ -197,6 +198,7 @@ class _Restricted:
     def __init__(self, index:RagIndex, tags=(), everything:bool=False):
         self.index, self.tags, self.everything = index, tags, everything
         self.embedder, self.chunks, self.hits, self._q = self, index.chunks, [], None   # `encode` is the view's own
+        self.bm25 = index.searcher.bm25            # `bm25_evidence` scores only the hits, which `tags` allow
     def encode(self, texts:list[str], cache:bool=True) -> np.ndarray:
         "The index's embedder, except that the question is embedded once for retrieval and for the sentences."
         if cache or len(texts) != 1: return self.index.embedder.encode(texts, cache)
@@ -208,12 +210,18 @@ class _Restricted:
 
 @patch
 def ask(self:RagIndex, question:str, k:int=5, tags=(), everything:bool=False,
-        threshold:float|None=None) -> tuple[Answer, list[tuple[Chunk, float]]]:
-    "`21a`'s extractive answer over the chunks `tags` open, and the retrieved chunks with their scores."
+        threshold:float|None=None,
+        llm:OpenAIAnswerer|None=None) -> tuple[Answer, list[tuple[Chunk, float]]]: # answer with its endpoint instead
+    "`21a`'s extractive answer over the chunks `tags` open (judged by the index's support model when it has one)."
     view = _Restricted(self, tags, everything)
+    if llm is not None:                     # the language model sees only what the caller's tags open, like the quotes
+        gen = OpenAIAnswerer(view, llm.model, client=llm.client, retriever=self.meta['retriever'],
+                             max_tokens=llm.max_tokens)
+        return gen.answer(question, k), view.hits
     cut = self.meta['threshold'] if threshold is None else threshold
     if cut is None: raise ValueError('ask: the index has no abstention threshold; pass `threshold` or `calibrate`')
-    answer = ExtractiveAnswerer(view, cut, self.meta['retriever']).answer(question, k)
+    model = SupportModel(**self.meta['support_model']) if self.meta.get('support_model') else None
+    answer = ExtractiveAnswerer(view, cut, self.meta['retriever'], model=model).answer(question, k)
     return answer, view.hits
 
 # %% ../nbs/21b_rag_serve.ipynb #23f1f0a1
@@ -287,7 +295,7 @@ def _reply(answer:Answer, hits:list, version:str, reasons:list[str]) -> dict:
             'nearest': answer.nearest, 'index_version': version, 'reasons': reasons}
 
 # %% ../nbs/21b_rag_serve.ipynb #4200bb8b
-def answer_one(index:RagIndex, x:AskRequest, version:str, guard=None) -> dict:
+def answer_one(index:RagIndex, x:AskRequest, version:str, guard=None, llm:OpenAIAnswerer|None=None) -> dict:
     "One `/ask` answer: screened (when a guard is given), retrieved under the caller's tags, answered or abstained."
     reasons, question = [], x.question
     if guard is not None:
@@ -296,7 +304,9 @@ def answer_one(index:RagIndex, x:AskRequest, version:str, guard=None) -> dict:
             refused = Answer(question, 'I cannot answer this request.', abstained=True)
             return _reply(refused, [], version, ['refused', *screen.reasons])
         question = screen.text
-    answer, hits = index.ask(question, x.k, x.tags)
+    answer, hits = index.ask(question, x.k, x.tags, llm=llm)
+    if answer.features.get('refused'): reasons.append('invalid_answer')        # the language model's, after a retry
+    if answer.features.get('error'): reasons.append('llm_unavailable')
     if guard is not None and not answer.abstained:
         problems = guard.validate_answer(answer, [c.id for c, _ in hits])
         if problems:
@@ -304,6 +314,17 @@ def answer_one(index:RagIndex, x:AskRequest, version:str, guard=None) -> dict:
             answer = Answer(question, "I don't know: the answer failed validation.", [], answer.support, True, nearest)
             reasons += ['invalid_answer', *problems]
     return _reply(answer, hits, version, reasons)
+
+# %% ../nbs/21b_rag_serve.ipynb #937f1958
+LLM_ENV = ('MLSYS_RAG_LLM_URL', 'MLSYS_RAG_LLM_MODEL')   # an OpenAI-compatible endpoint and its model answer /ask
+
+def llm_from_env(env=None) -> OpenAIAnswerer|None:
+    "`21a`'s `OpenAIAnswerer` for the endpoint in `MLSYS_RAG_LLM_URL` (model `MLSYS_RAG_LLM_MODEL`); None: unset."
+    env = os.environ if env is None else env
+    url, model = (env.get(k, '').strip() for k in LLM_ENV)
+    if not url: return None
+    if not model: raise ValueError(f'{LLM_ENV[0]}={url!r} is set but {LLM_ENV[1]} is empty: name the endpoint\'s model')
+    return OpenAIAnswerer(None, model, base_url=url, api_key=env.get('OPENAI_API_KEY') or 'unused')
 
 # %% ../nbs/21b_rag_serve.ipynb #bfc1475c
 class AskLog(PredictionLogWriter):
@@ -341,11 +362,13 @@ class RagPredictor(Predictor):
         self.max_batch_size, self.max_queue_delay_ms = max_batch_size, max_queue_delay_ms
         self.pool = ThreadPoolExecutor(1, thread_name_prefix='ask')
         self.plog = AskLog(ws.monitoring/'asks', self.metrics, self.guard) if log_predictions else None
+        self.llm = llm_from_env()           # None: the extractive answerer; else every answer comes from the endpoint
         self._ids = map(f'{secrets.token_hex(4)}-{{:x}}'.format, itertools.count())
 
     def info(self) -> dict:
         return {'route': self.route, 'index_version': self.watch.version, 'model': self.embedder.version,
-                'refused_versions': self.watch.refused, 'stale': self.stale, 'guardrails': self.guard is not None}
+                'refused_versions': self.watch.refused, 'stale': self.stale, 'guardrails': self.guard is not None,
+                'answerer': 'extractive' if self.llm is None else f'{self.llm.model} at {self.llm.client.base_url}'}
 
 # %% ../nbs/21b_rag_serve.ipynb #7bcb3c4f
 @patch
@@ -354,7 +377,7 @@ def _answer_batch(self:RagPredictor, items:list[AskRequest]) -> list[dict]:
     index = self.watch.check()
     out = []
     for x in items:
-        a = answer_one(index, x, self.watch.version, self.guard)
+        a = answer_one(index, x, self.watch.version, self.guard, self.llm)
         out.append({**a, 'degraded': False, 'degraded_reasons': [], 'request_id': x.request_id or next(self._ids)})
     return out
 
@@ -394,7 +417,7 @@ def rag_predictors(ws:Workspace) -> dict:
 
 # %% ../nbs/21b_rag_serve.ipynb #d343f863
 def probe(index:RagIndex, docs:list[Document], evalset:pd.DataFrame, k:int=5) -> pd.DataFrame:
-    "Per question: recall@`k` of retrieval (answerable ones), the support, and whether a citation is relevant."
+    "Per question: recall@`k` (answerable ones), the support and its features, whether a citation is relevant."
     pos = {c.id: i for i, c in enumerate(index.chunks)}
     answerable = evalset[evalset.answerable]
     gold = dict(zip(answerable.id, (relevant(index.chunks, g) for g in gold_spans(docs, answerable))))
@@ -402,7 +425,7 @@ def probe(index:RagIndex, docs:list[Document], evalset:pd.DataFrame, k:int=5) ->
     for qid, q, ok in zip(evalset.id, evalset.question, evalset.answerable):
         a, hits = index.ask(q, k, everything=True, threshold=-2.0)
         rel = gold.get(qid, set())
-        rows.append({'id': qid, 'answerable': bool(ok), 'support': a.support,
+        rows.append({'id': qid, 'answerable': bool(ok), 'support': a.support, **a.features,
                      f'recall@{k}': float(any(pos[c.id] in rel for c, _ in hits)) if ok else np.nan,
                      'cited_relevant': bool(rel & {pos[c.chunk_id] for c in a.citations})})
     return pd.DataFrame(rows)
@@ -414,19 +437,14 @@ def judge(frame:pd.DataFrame, threshold:float) -> pd.DataFrame:
                                                             ~answered))
 
 # %% ../nbs/21b_rag_serve.ipynb #a43327fa
-def calibrate(index:RagIndex, docs:list[Document], evalset:pd.DataFrame, k:int=5, seed:int=0) -> pd.DataFrame:
-    "`probe`, judged by thresholds chosen on the other half of the questions; sets `index.meta['threshold']` on all."
+def calibrate(index:RagIndex, docs:list[Document], evalset:pd.DataFrame, k:int=5, seed:int=0,
+              folds:int=5) -> pd.DataFrame:
+    "`probe`, judged out of fold by `21a`'s support model; sets the index's `support_model` and `threshold` on all."
     frame = probe(index, docs, evalset, k)
-    half = set(pd.concat([d.sample(frac=0.5, random_state=seed) for _, d in frame.groupby('answerable')]).id)
-    fold = frame.id.isin(half).to_numpy()
-    parts = []
-    for f in (True, False):        # tune on one half, judge the other: every question judged by a cut it never saw
-        tune = frame[fold == f]
-        cut = choose_threshold(tune.support[tune.answerable].to_numpy(), tune.support[~tune.answerable].to_numpy())
-        parts.append(judge(frame[fold != f], cut))
-    ok = frame.answerable.to_numpy()
-    index.meta['threshold'] = choose_threshold(frame.support[ok].to_numpy(), frame.support[~ok].to_numpy())
-    return pd.concat(parts).loc[frame.index]
+    held = held_out_support(frame, FEATURES, folds, seed)      # every question judged by a model that never saw it
+    model = SupportModel.fit(frame)
+    index.meta['support_model'], index.meta['threshold'] = vars(model), model.threshold
+    return held
 
 def summarize(frame:pd.DataFrame, k:int=5) -> dict:
     "Recall@`k`, answered-with-a-relevant-citation and abstained shares of a judged frame."
@@ -500,7 +518,8 @@ def index_stage(ws:Workspace, out:Path, scale:str='small', corpus:str|None=None,
     index = build_index(docs, embedder, tags=doc_tags(docs, tags), previous=served, cut=cut, corpus=path)
     frame = calibrate(index, docs, ev)
     prod = judge(probe(served, docs, ev), served.meta['threshold']) if served else None
-    deployed = judge(frame.drop(columns=['answered', 'correct']), index.meta['threshold'])
+    deployed = judge(frame.assign(support=SupportModel(**index.meta['support_model']).score(frame)),
+                     index.meta['threshold'])                # the candidate as it would serve, for the paired gate
     gates = rag_gates(frame, prod, deployed, **gate_knobs)
     passed = all(g.passed for g in gates)
     published = publish_index(ws, index, keep) if passed else None

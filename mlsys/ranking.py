@@ -19,7 +19,7 @@ from .features import SPECS, item_popularity_table
 from .pit import READ_BEFORE, fast_training_set
 from .recsys import (ALS, SOURCES, History, Popularity, Split, evaluate, fit_two_tower, merge_candidates, released,
                           time_split, top_k)
-from .retrieval import ItemIndex
+from .retrieval import ItemIndex, build_served
 from .world import (GENRES, World, attraction, popularity_slates, read_manifest, read_table, simulate,
                          slate_feedback, world_latent)
 
@@ -310,7 +310,7 @@ def _chain(t:_Training, ranker:Ranker, seed:int, two_tower:dict, config:dict) ->
     if unknown: raise ValueError(f'unknown setting(s) {unknown}; settings: {sorted(DEFAULTS)}')
     snap = snapshot(t.train, t.items, t.cutoff, seed, **two_tower)
     item_snapshot = item_features(t.feats, t.items.item_id, t.cutoff)
-    index = ItemIndex.build(t.items.item_id, snap.item_vectors, n_trees=50, seed=seed)
+    index = build_served(t.items.item_id, snap.item_vectors, seed=seed)     # the kind `SERVING` names
     return Recommender(t.items, snap, ranker, item_snapshot, t.cutoff, {**DEFAULTS, **config}, index)
 
 # %% ../nbs/13a_ranking.ipynb #bd56e32a

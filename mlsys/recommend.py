@@ -76,7 +76,7 @@ class IndexWatch:
 # %% ../nbs/13b_recommend.ipynb #0fa3a90b
 @patch
 def check(self:IndexWatch) -> str:
-    "The version in service, after loading a newly published one; `IndexUnavailable` when there is none."
+    "The version in service, after loading a newly published one (either kind); `IndexUnavailable` when there is none."
     from mlsys.retrieval import ItemIndex
     try: target = os.readlink(self.root/'current')
     except OSError as e:
@@ -411,7 +411,7 @@ def register_recommender(ws:Workspace, run_dir:str|Path, promote:bool=True) -> d
 
 # %% ../nbs/13b_recommend.ipynb #64a02f1c
 def publish_index(ws:Workspace, index, keep:int=3) -> Path:
-    "Publish the `ItemIndex` `index` as the version in service under `index_root(ws)`; the new version's folder."
+    "Publish `index` (an `ItemIndex` of either kind) as the version in service under `index_root(ws)`; its folder."
     from mlsys.retrieval import publish
     return publish(index, index_root(ws), keep=keep)
 

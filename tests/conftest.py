@@ -29,6 +29,43 @@ def mlsys_main(*args):
     return subprocess.CompletedProcess(['mlsys', *argv], code, out.getvalue(), err.getvalue())
 
 
+def http_post(url, body, headers=None, timeout=30):
+    "POST `body` (bytes as they are, else JSON) to `url`: the status, the JSON reply and the response headers, also for a 4xx or 5xx."
+    import urllib.error, urllib.request
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data, {'Content-Type': 'application/json', **(headers or {})}, method='POST')
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read()), dict(r.headers)
+    except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'null'), dict(e.headers)
+
+
+def post(url, body, timeout=30):
+    "`http_post` without the headers: (status, the JSON reply)."
+    return http_post(url, body, timeout=timeout)[:2]
+
+
+def fuzz_routes(server, paths=None, examples:int=25):
+    """Valid and invalid requests generated from `server`'s own OpenAPI document (schemathesis), `examples` of each kind for
+    every operation (or those on `paths`): the status codes seen, and the (method, path, status, text) of each 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+    from schemathesis.generation import GenerationMode
+    ops = [r.ok() for r in schemathesis.openapi.from_url(server.url('/openapi.json')).get_all_operations()]
+    calls, failures = [], []
+    for op in [o for o in ops if paths is None or o.path in paths]:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+            @given(case=op.as_strategy(mode))
+            def fuzz(case):
+                r = case.call(base_url=server.url())
+                calls.append(r.status_code)
+                if r.status_code >= 500: failures.append((case.method, case.path, r.status_code, r.text[:200]))
+            try: fuzz()
+            except Unsatisfiable: pass   # e.g. no invalid request exists for a GET without parameters
+    return calls, failures
+
+
 def run_record(proc):
     "The run folder printed on the last line of `mlsys run`, and its run.json."
     run_dir = Path(proc.stdout.strip().splitlines()[-1])

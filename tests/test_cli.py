@@ -143,3 +143,14 @@ def test_bench_train_quick(ws):
     assert {r['label'] for r in rec['results']} >= {'lightning (cpu)', 'plain pytorch (cpu)', 'gradient boosting fit (cpu)'}
     p = mlsys('bench', 'ingest', '--device', 'cuda', '--workspace', ws)
     assert p.returncode == 2 and "'ingest' runs on the CPU only" in p.stderr
+
+
+def test_serve_llm_engine_flags_checked(tmp_path):
+    "`mlsys serve`'s language-model flags: a value out of range exits 2 naming the flag, before anything starts."
+    from conftest import mlsys_main
+    for flags, msg in [(('--max-seqs', '0'), '--max-seqs 0: must be an integer >= 1'),
+                       (('--prefill-chunk', '-8'), '--prefill-chunk -8: must be an integer >= 1'),
+                       (('--kv-blocks', '0'), '--kv-blocks 0: must be an integer >= 1')]:
+        p = mlsys_main('serve', '--workspace', tmp_path/'ws', *flags)
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+    # a budget short of the production model's context: tests/test_llm_serve.py::test_engine_flags_shown_and_checked

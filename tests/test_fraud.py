@@ -67,3 +67,20 @@ def test_context_is_point_in_time():
     assert ctx.device_flagged.tolist() == [0, 0, 0, 1]             # only after the label arrived
     assert ctx.impossible_travel.tolist() == [0, float(GEO_IP[7] != GEO_IP[9]), 0, 0]
     assert list(ip_country(['7.1.1.1'])) == [GEO_IP[7]]
+
+
+def test_arrival_queue_overflow_policy_and_the_graph_layer():
+    from dataclasses import replace
+    hits = pd.DataFrame({r.name: [False] * 4 for r in RULES})
+    layers = Layers(RULES, None, None, review_t=0.3, block_t=0.9, anomaly_t=1.0, reviews_per_day=1, queue='arrival',
+                    overflow='block')
+    score, graph = np.array([0.5, 0.5, 0.1, 0.1]), np.array([0, 0, 1, 2])
+    ts = pd.Series(pd.to_datetime(['2026-01-01 09:00', '2026-01-01 08:00', '2026-01-01 10:00', '2026-01-02 09:00'],
+                                  utc=True))
+    d = decide(layers, hits, score, np.zeros(4), ts, ('rules', 'model', 'graph'), graph)
+    assert d.decision.tolist() == ['block', 'review', 'block', 'block']     # 08:00 came first; the rest of day 1 waits
+    assert d.layer.tolist() == ['overflow', 'model', 'overflow', 'graph']
+    assert decide(layers, hits, score, np.zeros(4), ts, ('rules', 'model'), graph).layer.tolist()[2:] == ['none', 'none']
+    ranked = decide(replace(layers, queue='priority', overflow='approve'), hits, score, np.zeros(4), ts,
+                    ('rules', 'model', 'graph'), graph)
+    assert ranked.decision.tolist() == ['review', 'approve', 'approve', 'block']   # hindsight: ties keep the first row

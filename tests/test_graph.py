@@ -65,3 +65,23 @@ def test_missing_feature_column_is_refused(tmp_path):
     tables['user_graph'] = tables['user_graph'].drop(columns='user_fraud_2hop')
     with pytest.raises(FeatureDefinitionError, match="'user_graph'.*user_fraud_2hop"):
         add_graph_views(type('S', (), {'repo_path': str(tmp_path), 'list_entities': lambda self: []})(), tables)
+
+
+def test_the_graph_layer_reads_the_features_point_in_time(tmp_path):
+    "`14b_defence`'s graph layer on the served values: u2's device shares u1's fraud only once its label arrived."
+    from feast import Entity
+    from mlsys.defence import GRAPH_SIGNALS, GraphCheck, graph_verdict
+    from mlsys.features import feast_objects, open_store, store_yaml
+    from mlsys.pit import fast_training_set, fraud_entities
+    (tmp_path/'data').mkdir()
+    (tmp_path/'feature_store.yaml').write_text(store_yaml('sqlite', 'graph_layer_test'))
+    store = open_store(tmp_path)
+    store.apply([o for o in feast_objects(tmp_path) if isinstance(o, Entity)])
+    refs = add_graph_views(store, graph_tables(TX, LABELS, START, 6))
+    offline = fast_training_set(store, fraud_entities(TX.assign(merchant_id=0, amount=1.0)), refs)[GRAPH_FEATURES]
+    check = GraphCheck(feature='device_fraud_nbrs', threshold=1, action='review',
+                       reason=GRAPH_SIGNALS['device_fraud_nbrs'])
+    assert graph_verdict([check], offline).tolist() == [0, 0, 0, 0, 0, 1, 0]   # u2 on day 4 only: dA's u1 confirmed
+    assert check.says(offline.loc[5, 'device_fraud_nbrs']) == 'shares a device with 1 account confirmed as fraud'
+    materialize_graph(store, START + pd.Timedelta(days=4, seconds=1))
+    assert graph_verdict([check], online_graph(store, TX.iloc[[5, 6]])).tolist() == [1, 0]   # served: the same

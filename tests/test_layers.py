@@ -7,9 +7,9 @@ PKG = Path(__file__).parents[1]/'mlsys'
 # sits above `09_deploy` and `10_monitor`, whose router and prediction log it hosts; its HTTP host (`server`) above it.
 LAYERS = ['config', 'compare', 'world', 'validate', 'features', 'pit', 'parity', 'model_files', 'train', 'tune', 'evaluate', 'registry',
           'deploy', 'monitor', 'serve', 'server', 'retrain', 'loop', 'retrieval', 'recsys', 'ranking', 'recommend', 'feedback',
-          'fraud', 'graph', 'explain', 'defence', 'capacity', 'llm', 'kv_serving', 'llm_tune', 'llm_serve', 'rag',
-          'rag_answer', 'rag_guard', 'rag_serve',
-          'pipeline', 'bench', 'cli', 'bench_serve']
+          'fraud', 'graph', 'explain', 'defence', 'capacity', 'llm', 'kv_serving', 'llm_serve', 'llm_tune', 'rag',
+          'rag_guard', 'rag_answer', 'rag_serve',
+          'pipeline', 'bench', 'cli', 'bench_serve', 'site']
 
 def modules() -> list[str]: return sorted(p.stem for p in PKG.glob('*.py') if not p.stem.startswith('_'))
 

@@ -84,3 +84,38 @@ def test_int8_close_and_smaller_lora_starts_at_base(tiny):
     inp = torch.randn(3, 8)
     with torch.no_grad(): torch.testing.assert_close(layer.merged()(inp), layer(inp), atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match='bits=3'): quantize_lm(tiny, 3)
+
+
+def test_fused_forward_same_logits_and_tokens(tiny):
+    "`fused_forward` is `TinyLM.forward` with fewer operations: the same logits (cached, uncached, paged), the same tokens."
+    from mlsys.llm import fuse, fused_forward
+    x, layers = torch.randint(0, 300, (2, 20)), fuse(tiny)
+    with torch.inference_mode():
+        c1, c2 = tiny.new_cache(2, 20), tiny.new_cache(2, 20)
+        for a, b in [(0, 7), (7, 8), (8, 20)]:                  # a prefill, one token, a chunk after a cached prefix
+            torch.testing.assert_close(fused_forward(tiny, layers, x[:, a:b], c1), tiny(x[:, a:b], c2, last_only=True),
+                                       atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(fused_forward(tiny, layers, x), tiny(x, last_only=True), atol=1e-5, rtol=1e-4)
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    want = generate(tiny, prompt, 30, fused=False)
+    assert generate(tiny, prompt, 30) == generate(tiny, prompt, 30, use_cache=False) == want
+    paged = PagedKVCache(tiny, n_blocks=16, block_size=4)
+    assert paged.admit('s', len(prompt))
+    assert generate(tiny, prompt, 30, cache=paged.view('s')) == want
+    assert generate(tiny, prompt, 10, temperature=1.0, seed=3) == generate(tiny, prompt, 10, temperature=1.0, seed=3,
+                                                                          fused=False)
+
+
+def test_fused_falls_back_for_swapped_layers(tiny):
+    "LoRA or quantized layers are not plain `nn.Linear`: `fuse` says so and `generate` runs the modules."
+    from mlsys.llm import fuse
+    for m in (add_lora(tiny), quantize_lm(tiny, 8)):
+        assert fuse(m) is None
+        assert generate(m, [1, 2, 3], 5) == generate(m, [1, 2, 3], 5, fused=False)
+
+
+def test_decode_profile_counts(tiny):
+    from mlsys.llm import decode_profile
+    p = {f: decode_profile(tiny, 32, fused=f) for f in (False, True)}
+    assert p[True]['python_calls_per_token'] < 0.6 * p[False]['python_calls_per_token'], p
+    assert p[True]['ops_per_token'] < p[False]['ops_per_token'] and len(p[True]['top']) == 8

@@ -83,3 +83,50 @@ def test_check_paged_catches_a_wrong_share_and_a_leak():
     kv.lengths['b'] -= 1
     kv.alloc.refs[kv.tables['a'][0]] += 1                 # a reference nobody holds
     with pytest.raises(AssertionError, match='3 references, 2 holders'): check_paged(kv)
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_prefix_table_never_leaks_or_shares_wrongly(seed):
+    "Token prompts through the prefix table (shared system prompts, chance matches), mixed with fork/append/abort."
+    rng = np.random.default_rng(100 + seed)
+    kv = PagedKV(int(rng.integers(4, 40)), block_size=int(rng.choice([1, 2, 4, 8])))
+    counts = random_traffic(kv, 400, seed=seed, prompts=True)   # check_paged (prefix entries included) every operation
+    assert counts.get('prefix_hit', 0) > 0 or counts.get('refused', 0) > 0
+    for s in list(kv.tables): kv.abort(s)
+    check_paged(kv)
+    assert kv.alloc.n_free == kv.alloc.n_blocks and kv.alloc.allocated == kv.alloc.released
+    assert kv.prefix == {} and kv.keys == {} and kv.written == set()
+
+
+def test_prefix_table_shares_only_equal_prefixes():
+    kv = PagedKV(16, block_size=4)
+    sys_a, sys_b = [1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 9, 9, 9, 9]
+    assert kv.admit_cached('a', sys_a + [0]) == 0
+    assert kv.admit_cached('b', sys_b + [0]) == 4                # first block equal, second not: only the first shared
+    assert kv.tables['b'][0] == kv.tables['a'][0] and kv.tables['b'][1] != kv.tables['a'][1]
+    assert kv.admit_cached('c', [5, 6, 7, 8] + sys_a) == 0        # the same block at another place is another prefix
+    assert kv.admit_cached('d', sys_a) == 4                      # the last token is always left to compute
+    kv.abort('a')
+    assert kv.admit_cached('e', sys_a + [1]) == 4                # 'a' gone: its second block left the table with it
+    check_paged(kv)
+
+
+def test_prefix_table_hash_collision_is_a_miss():
+    "An entry under the right key but holding other tokens (a collision) is not shared."
+    from mlsys.kv_serving import _chain
+    kv = PagedKV(8, block_size=4)
+    assert kv.admit_cached('a', [1, 2, 3, 4, 0]) == 0
+    block = kv.tables['a'][0]
+    kv.prefix[_chain(None, (9, 9, 9, 9))] = block                # pretend (9, 9, 9, 9) hashed like a's first block
+    assert kv.admit_cached('b', [9, 9, 9, 9, 0]) == 0 and kv.tables['b'][0] != block
+
+
+def test_check_paged_catches_a_wrong_prefix_share():
+    kv = PagedKV(8, block_size=4)
+    assert kv.admit_cached('a', [1, 2, 3, 4, 0]) == 0
+    assert kv.admit_cached('b', [5, 6, 7, 8, 0]) == 0
+    own, a0 = kv.tables['b'][0], kv.tables['a'][0]
+    kv.tables['b'][0] = a0                                       # b pointed at a's block by mistake, counts kept right
+    kv.alloc.share(a0)
+    kv._release(own)
+    with pytest.raises(AssertionError, match=f'block {a0} shared wrongly'): check_paged(kv)

@@ -11,6 +11,7 @@ from mlsys.server import create_app, start_server
 openai = pytest.importorskip('openai')
 pytestmark = [pytest.mark.service, pytest.mark.xdist_group('llm_serve')]
 CONTEXT = 512
+ENGINE_FLAGS = ('--kv-blocks', '64', '--block-size', '8', '--max-seqs', '6', '--prefill-chunk', '24')
 
 
 @pytest.fixture(scope='module')
@@ -27,7 +28,8 @@ def served(lm, tmp_path_factory):
     ws = Workspace(tmp_path_factory.mktemp('llm')/'workspace')
     reg = Registry(ws.models)
     reg.promote(MODEL_NAME, register_lm(reg, lm, MODEL_NAME), reason='test', force=True)
-    s = start_server(ws.root, '--no-prediction-log')
+    s = start_server(ws.root, '--no-prediction-log', *ENGINE_FLAGS)   # every request below: chunked, shared prefixes
+    s.ws = ws
     yield s
     s.stop()
 
@@ -141,14 +143,14 @@ def test_full_kv_budget_503(lm, tmp_path):
         return {'/v1': build}
     prompt = ' '.join(['cache'] * 75)   # about 300 tokens
     n = len(lm.tok.encode(prompt))
-    body = lambda k: {'model': MODEL_NAME, 'prompt': prompt, 'max_tokens': k, 'temperature': 0}
+    body = lambda k, p=prompt: {'model': MODEL_NAME, 'prompt': p, 'max_tokens': k, 'temperature': 0}
     async def go(routes, first_tokens):
         app = create_app(ws, store=None, predictors=routes)
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url='http://lm', timeout=60) as c:
                 first = asyncio.create_task(c.post('/v1/completions', json=body(first_tokens)))
                 await asyncio.sleep(0.01)
-                second = await c.post('/v1/completions', json=body(8))
+                second = await c.post('/v1/completions', json=body(8, 'x ' + prompt))   # shares no block with it
                 out = (await first), second
             return out + (app.state.predictors['/v1'].engine.paged.alloc.n_used,)
     assert 2 * n > CONTEXT and n < CONTEXT - 100   # two of these prompts do not fit one context
@@ -158,3 +160,34 @@ def test_full_kv_budget_503(lm, tmp_path):
     assert used == 0
     first, second, _ = asyncio.run(go(builder(max_waiting=0), 4))
     assert first.status_code == second.status_code == 503 and 'max_waiting=0' in second.json()['error']['message']
+
+
+def test_engine_flags_shown_and_checked(served, client, lm, capsys):
+    "`mlsys serve`'s engine flags reach the engine: /v1/models and /metrics show them; a bad value exits 2 naming it."
+    from mlsys.cli import main
+    info = httpx.get(served.url('/v1/models')).json()['data'][0]['mlsys']
+    assert {k: info[k] for k in ('kv_blocks', 'block_size', 'max_seqs', 'prefill_chunk', 'share_prefix')} == \
+        {'kv_blocks': 64, 'block_size': 8, 'max_seqs': 6, 'prefill_chunk': 24, 'share_prefix': True}
+    assert client.models.list().data[0].id == MODEL_NAME          # the extra entry does not bother the client
+    m = scrape(served)
+    assert (m['mlsys_llm_kv_blocks_total'], m['mlsys_llm_kv_block_size'], m['mlsys_llm_max_seqs'],
+            m['mlsys_llm_prefill_chunk']) == (64, 8, 6, 24)
+    system = 'You are a careful assistant for machine learning systems. ' * 3
+    long_q, q = system + 'What is paging?', system + 'What is batching?'
+    post = lambda prompt, k: httpx.post(served.url('/v1/completions'), timeout=60, json={
+        'model': MODEL_NAME, 'prompt': prompt, 'max_tokens': k, 'temperature': 0}).json()
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as pool:   # the first runs hundreds of steps: the second arrives while it holds its blocks
+        first = pool.submit(post, long_q, CONTEXT - len(lm.tok.encode(long_q)) - 1)
+        time.sleep(0.02)
+        second = pool.submit(post, q, 6)
+        assert second.result()['choices'][0]['text'] == greedy(lm, q, 6)
+        assert first.result()['usage']['completion_tokens'] > 0
+    shared = scrape(served)['mlsys_llm_prefix_cached_tokens'] - m['mlsys_llm_prefix_cached_tokens']
+    assert shared >= 8 * (len(lm.tok.encode(system)) // 8 - 1), shared   # its full blocks, bar a boundary token
+    for flags, msg in [(('--kv-blocks', '3'), '--kv-blocks 3: the budget of 3 blocks of 16 tokens must hold one full '
+                                              f'context ({CONTEXT} tokens, {CONTEXT // 16} blocks)'),
+                       (('--prefill-chunk', '0'), '--prefill-chunk 0: must be an integer >= 1'),
+                       (('--block-size', '0'), '--block-size 0: must be an integer >= 1')]:
+        assert main(['serve', '--workspace', str(served.ws.root), *flags]) == 2
+        assert msg in capsys.readouterr().err

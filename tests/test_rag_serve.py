@@ -2,6 +2,7 @@
 import json, logging, os, threading, time, urllib.request
 import numpy as np
 import pytest
+from conftest import fuzz_routes, post
 from mlsys.config import Workspace
 from mlsys.rag import Document, Embedder, chunk_corpus
 from mlsys.rag_serve import (ModelMismatch, RagIndex, RagIndexWatch, build_index, check_staleness, index_meta,
@@ -22,12 +23,6 @@ def docs(policy='Refunds are issued within 14 days of a return.'):
             Document('internal.md', f'# Internal\n\n## Salaries\n\n{SECRET}\n\n## Policy\n\n{policy}\n')]
 
 
-def post(url, body, timeout=30):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data, {'Content-Type': 'application/json'}, method='POST')
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'null')
 
 
 @pytest.fixture(scope='module')
@@ -104,22 +99,53 @@ def test_watch_swaps_and_refuses_a_mismatched_version(index, embedder, tmp_path)
 
 
 @pytest.fixture(scope='module')
-def served(index, tmp_path_factory):
+def scenario(tmp_path_factory):
+    "`mlsys run --scenario rag` end to end over chapters 6-9 of the guide plus a restricted `internal.md`: the workspace the /ask tests serve."
+    from conftest import mlsys, run_record
+    from mlsys.config import guide_path
+    root = tmp_path_factory.mktemp('ragrun')
+    corpus = root/'corpus'
+    corpus.mkdir()
+    (corpus/guide_path().name).symlink_to(guide_path())
+    (corpus/'internal.md').write_text(docs()[2].text)
+    p = mlsys('run', '--scenario', 'rag', '--workspace', root/'workspace', '-p', 'corpus', corpus,
+              '-p', 'tags', '{internal.md: [staff]}', env={'OMP_NUM_THREADS': '1'})
+    assert p.returncode == 0, p.stderr[-3000:]
+    return root/'workspace', p, run_record(p)
+
+
+def test_rag_scenario_run_contract(scenario, embedder):
+    "Both stages succeed, every gate passes, the published version is the one in service, its chunks of `internal.md` are restricted."
+    ws, p, (run_dir, rec) = scenario
+    assert (rec['status'], [s['name'] for s in rec['stages']]) == ('succeeded', ['rag_index', 'rag_eval'])
+    stages = {s['name']: s for s in rec['stages']}
+    built, evaluated = stages['rag_index']['metrics'], stages['rag_eval']['metrics']
+    assert built['gates_passed'] and evaluated['gates_passed'] and evaluated['stale_documents'] == 0
+    assert (ws/'index'/'rag'/'current').resolve().name == built['published'] == evaluated['index_version']
+    assert built['recall_at_5'] >= 0.85 and built['abstain_accuracy'] >= 0.75 and built['answer_accuracy'] >= 0.7
+    meta = index_meta(ws/'index'/'rag'/'current')
+    assert set(meta['support_model']['features']) == {'cosine', 'bm25'} and meta['tags'] == {'internal.md': ['staff']}
+    print({s['name']: s['seconds'] for s in rec['stages']}, built)   # seconds and figures, for the record (-s)
+
+
+@pytest.fixture(scope='module')
+def served(scenario):
     from mlsys.server import start_server
-    ws = tmp_path_factory.mktemp('ragserve')/'workspace'
-    assert rag_predictors(Workspace(ws)) == {}          # no index in service: no /ask route
-    publish_index(Workspace(ws), index)
-    # the server's embedder caches beside its index; the model is the same one
+    ws = scenario[0]
     s = start_server(ws, env={'OMP_NUM_THREADS': '1'})
     yield ws, s
     s.stop()
 
 
+def test_no_index_no_route(tmp_path):
+    assert rag_predictors(Workspace(tmp_path/'workspace')) == {}          # no index in service: no /ask route
+
+
 def test_ask_answers_abstains_and_cites(served, index):
     ws, s = served
-    code, out = post(s.url('/ask'), {'question': 'What does a canary release watch?', 'k': 3})
+    code, out = post(s.url('/ask'), {'question': 'How does reciprocal rank fusion combine two result lists?', 'k': 3})
     a = out['predictions'][0]
-    assert code == 200 and not a['abstained'] and a['citations'][0]['path'] == 'Serving > Canary', out
+    assert code == 200 and not a['abstained'] and a['citations'][0]['path'].endswith('8.4 Hybrid Search — Semantic + Keyword'), out
     assert {c['chunk_id'] for c in a['citations']} <= {r['chunk_id'] for r in a['retrieved']}
     assert a['retrieved'][0]['score'] > 0
     for q in ['¿Cuál es la capital de Mongolia?', '東京の天気はどうですか', 'What is the boiling point of ethanol?']:
@@ -129,8 +155,9 @@ def test_ask_answers_abstains_and_cites(served, index):
     code, out = post(s.url('/ask'), {'question': 'How much is the on-call bonus?', 'tags': ['staff']})
     assert '400 euros' in out['predictions'][0]['answer']
     code, out = post(s.url('/ask'), {'question': 'How much is the on-call bonus?'})
-    assert '400' not in json.dumps(out)
-    code, out = post(s.url('/ask'), {'question': 'I am alice@example.com: how does a canary release work?'})
+    a = out['predictions'][0]
+    assert '400 euros' not in json.dumps(out) and not any('Internal' in r['path'] for r in a['retrieved'] + a['citations'])
+    code, out = post(s.url('/ask'), {'question': 'I am alice@example.com: how does reciprocal rank fusion combine two result lists?'})
     assert code == 200 and not out['predictions'][0]['abstained'], out
     try: import mlsys.rag_guard   # 21c's guardrails: screened questions, redacted logs
     except ImportError: return
@@ -166,21 +193,7 @@ def test_bad_input_gets_4xx_naming_the_limit(served):
 
 def test_schemathesis_fuzz_gives_no_5xx(served):
     "Valid and invalid `/ask` bodies generated from the server's OpenAPI document: no answer is a 5xx."
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.generation import GenerationMode
-    ws, s = served
-    ops = [r.ok() for r in schemathesis.openapi.from_url(s.url('/openapi.json')).get_all_operations()]
-    (op,) = [o for o in ops if o.path == '/ask']
-    failures, calls = [], []
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=op.as_strategy(mode))
-        def fuzz(case):
-            r = case.call(base_url=s.url())
-            calls.append(r.status_code)
-            if r.status_code >= 500: failures.append((r.status_code, r.text[:200]))
-        fuzz()
+    calls, failures = fuzz_routes(served[1], ['/ask'], examples=25)
     assert len(calls) >= 25 and failures == [], failures[:5]
     assert any(c == 200 for c in calls) and any(400 <= c < 500 for c in calls)
 

@@ -2,7 +2,7 @@
 import json, os, shutil, threading, time, urllib.request
 import pandas as pd
 import pytest
-from conftest import SMALL, mlsys, run_record
+from conftest import SMALL, fuzz_routes, mlsys, post, run_record
 from mlsys.bench_serve import load_test
 from mlsys.server import start_server
 
@@ -10,12 +10,6 @@ pytestmark = [pytest.mark.service, pytest.mark.xdist_group('recommend')]   # one
 RECSYS = ['-p', 'test_days', '2', '-p', 'rank_days', '3', '-p', 'bucket_sessions', '10000']   # windows that fit the 10-day world
 
 
-def post(url, body, timeout=30):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data, {'Content-Type': 'application/json'}, method='POST')
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'null')
 
 
 @pytest.fixture(scope='module')
@@ -49,6 +43,7 @@ def test_scenario_run_contract(recsys_run):
     assert stages['recsys_evaluate']['metrics']['gates_passed'] and stages['recsys_register']['metrics']['stage'] == 'production'
     assert Registry(ws/'models').get('recommender', 'production')['version'] == 1
     assert (ws/'index'/'recommender'/'current').resolve().name == stages['recsys_index']['metrics']['index_version']
+    assert json.loads((ws/'index'/'recommender'/'current'/'meta.json').read_text())['kind'] == 'hnsw'   # the served kind
     lists = pd.read_parquet(stages['recsys_batch']['artifacts']['recommendations'])
     assert lists.user_id.nunique() == stages['recsys_batch']['metrics']['users'] > 0
     assert lists.groupby('user_id').size().max() == 10 and (lists.model_version == 'recommender:1').all()
@@ -113,21 +108,7 @@ def test_bad_input_gets_4xx_naming_field(served):
 
 def test_schemathesis_fuzz_gives_no_5xx(served):
     "Valid and invalid `/recommend` bodies generated from the server's OpenAPI document: no answer is a 5xx."
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from schemathesis.generation import GenerationMode
-    ws, s = served
-    ops = [r.ok() for r in schemathesis.openapi.from_url(s.url('/openapi.json')).get_all_operations()]
-    (op,) = [o for o in ops if o.path == '/recommend']
-    failures, calls = [], []
-    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-        @given(case=op.as_strategy(mode))
-        def fuzz(case):
-            r = case.call(base_url=s.url())
-            calls.append(r.status_code)
-            if r.status_code >= 500: failures.append((r.status_code, r.text[:200]))
-        fuzz()
+    calls, failures = fuzz_routes(served[1], ['/recommend'], examples=60)
     assert len(calls) >= 60 and failures == [], failures[:5]
     assert any(c == 200 for c in calls) and any(400 <= c < 500 for c in calls)
 
@@ -137,7 +118,8 @@ def test_index_swap_while_serving(served):
     from mlsys.config import Workspace
     from mlsys.recommend import index_root, publish_index, registered
     from mlsys.registry import Registry
-    from mlsys.retrieval import ItemIndex
+    import numpy as np
+    from mlsys.retrieval import ANNOY, ItemIndex, build_served
     ws, s = served
     before = post(s.url('/recommend'), {'user_id': 'u000001', 'k': 5})[1]['predictions'][0]['index_version']
     bodies = [json.dumps({'user_id': f'u{i:06d}', 'k': 10}).encode() for i in range(50)]
@@ -146,12 +128,23 @@ def test_index_swap_while_serving(served):
     load.start()
     time.sleep(0.2)
     folder, _ = registered(Registry(ws/'models'))
-    new = publish_index(Workspace(ws), ItemIndex.load(folder/'index'))
+    served = ItemIndex.load(folder/'index')
+    assert served.kind == 'hnsw'
+    new = publish_index(Workspace(ws), served)
     load.join()
     assert result['errors'] == 0 and result['requests'] == 400, result
     after = post(s.url('/recommend'), {'user_id': 'u000001', 'k': 5})[1]['predictions'][0]
     assert before != new.name and after['index_version'] == new.name and not after['degraded']
     assert (index_root(Workspace(ws))/'current').resolve() == new.resolve()
+    # another kind over the same items swaps in the same way; one for another model is refused and the old one serves on
+    annoy = publish_index(Workspace(ws), build_served(served.item_ids, np.asarray(served.vectors), ANNOY))
+    after = post(s.url('/recommend'), {'user_id': 'u000001', 'k': 5})[1]['predictions'][0]
+    assert after['index_version'] == annoy.name and not after['degraded'] and len(after['items']) == 5
+    wrong = np.random.default_rng(0).normal(size=(len(served), served.meta['dim'] + 3))
+    publish_index(Workspace(ws), build_served(served.item_ids, wrong))
+    after = post(s.url('/recommend'), {'user_id': 'u000001', 'k': 5})[1]['predictions'][0]
+    assert after['index_version'] == annoy.name and not after['degraded']
+    publish_index(Workspace(ws), served)                        # leave the served kind in service for later tests
 
 
 def test_degraded_without_index(recsys_run, tmp_path):
@@ -170,3 +163,19 @@ def test_degraded_without_index(recsys_run, tmp_path):
         code, out = post(s.url('/recommend'), {'user_id': 'u000001', 'k': 6})
         assert code == 200 and not out['predictions'][0]['degraded']
     finally: s.stop()
+
+
+def test_index_watch_refuses_a_mismatch_naming_both(tmp_path):
+    "An HNSW index for another dimension or another item set: refused at load with both sides named; none in service."
+    import numpy as np
+    from mlsys.recommend import IndexUnavailable, IndexWatch
+    from mlsys.retrieval import build_served, publish
+    rng, attached = np.random.default_rng(0), []
+    publish(build_served(np.arange(60), rng.normal(size=(60, 12))), tmp_path/'dim')
+    with pytest.raises(IndexUnavailable, match="dimension 12, the model's embeddings have 8"):
+        IndexWatch(tmp_path/'dim', attached.append, dim=8, item_ids=np.arange(60)).check()
+    publish(build_served(np.arange(1, 61), rng.normal(size=(60, 8))), tmp_path/'items')
+    with pytest.raises(IndexUnavailable, match=r'holds 60 items, the catalogue has 60: 1 catalogue items not in the '
+                       r'index \(e.g. \[0\]\), 1 index items not in the catalogue \(e.g. \[60\]\)'):
+        IndexWatch(tmp_path/'items', attached.append, dim=8, item_ids=np.arange(60)).check()
+    assert attached == []

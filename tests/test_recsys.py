@@ -57,7 +57,7 @@ def test_candidates_dedupe_and_exclude(small):
     users = split.users[:200]
     cands = candidates(users, tower, CoVisitation.fit(split.train, w.items, split.cutoff),
                        Popularity.fit(split.train, w.items, split.cutoff), n_ann=30, n_covisit=20, n_popular=20,
-                       index=tower.index(n_trees=10))
+                       index=tower.index())
     assert not cands.duplicated(['user_id', 'item_id']).any()
     assert cands.merge(_clicks(split.train), on=['user_id', 'item_id']).empty        # nothing already clicked
     assert released(w.items, split.cutoff)[cands.item_id].all()                      # nothing unreleased

@@ -4,17 +4,13 @@ import numpy as np
 import pytest
 from mlsys.bench_serve import load_test
 from mlsys.server import free_port, start_server
+from conftest import fuzz_routes, http_post
 
 pytestmark = [pytest.mark.service, pytest.mark.xdist_group('serve')]   # one worker: the module's server starts once
 TOKEN = 'test-admin-token'
 
 
-def post(url, body, headers=None, timeout=30):
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data, {'Content-Type': 'application/json', **(headers or {})}, method='POST')
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, json.loads(r.read()), dict(r.headers)
-    except urllib.error.HTTPError as e: return e.code, json.loads(e.read() or b'null'), dict(e.headers)
+post = http_post
 
 
 def get(url):
@@ -108,23 +104,7 @@ def test_dynamic_batching_under_concurrency(served):
 
 def test_schemathesis_fuzz_gives_no_5xx(served):
     "Valid and invalid cases generated from the server's own OpenAPI document: no answer is a 5xx."
-    import schemathesis
-    from hypothesis import HealthCheck, given, settings
-    from hypothesis.errors import Unsatisfiable
-    from schemathesis.generation import GenerationMode
-    ws, s = served
-    schema = schemathesis.openapi.from_url(s.url('/openapi.json'))
-    failures, calls = [], []
-    for result in schema.get_all_operations():
-        op = result.ok()
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-            @given(case=op.as_strategy(mode))
-            def fuzz(case):
-                r = case.call(base_url=s.url()); calls.append(r.status_code)
-                if r.status_code >= 500: failures.append((case.method, case.path, r.status_code, r.text[:200]))
-            try: fuzz()
-            except Unsatisfiable: pass   # e.g. no invalid request exists for a GET without parameters
+    calls, failures = fuzz_routes(served[1], examples=40)
     assert len(calls) > 50 and failures == [], failures[:5]
     assert any(c == 200 for c in calls) and any(400 <= c < 500 for c in calls)
 
