@@ -149,10 +149,13 @@ def test_full_kv_budget_503(lm, tmp_path):
         async with app.router.lifespan_context(app):
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url='http://lm', timeout=60) as c:
                 first = asyncio.create_task(c.post('/v1/completions', json=body(first_tokens)))
-                await asyncio.sleep(0.01)
+                engine = app.state.predictors['/v1'].engine
+                for _ in range(1000):   # the first holds its blocks before the second arrives (a fixed sleep raced in CI)
+                    if engine.paged.alloc.n_used or first.done(): break
+                    await asyncio.sleep(0.005)
                 second = await c.post('/v1/completions', json=body(8, 'x ' + prompt))   # shares no block with it
                 out = (await first), second
-            return out + (app.state.predictors['/v1'].engine.paged.alloc.n_used,)
+            return out + (engine.paged.alloc.n_used,)
     assert 2 * n > CONTEXT and n < CONTEXT - 100   # two of these prompts do not fit one context
     first, second, used = asyncio.run(go(builder(n_blocks=CONTEXT // 16, queue_timeout_s=0.05), CONTEXT - n - 1))
     assert first.status_code == 200 and second.status_code == 503, (first.text, second.text)
