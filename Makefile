@@ -77,9 +77,10 @@ test-pytest: install-dev
 	$(TEST_THREADS) $(BIN)/pytest tests -q -p no:cacheprovider -n 2 --dist loadgroup --durations 15 -m 'not docs'
 
 # The site from the chapters test-notebooks executed (`make docs`; only stale chapters run again), then its pages in
-# headless Chromium (tests/test_site.py, marked docs; skipped, saying why, where chromium is not installed).
+# headless Chromium (tests/test_site.py), and the five ipywidgets panels dragged in a real JupyterLab (tests/test_lab.py);
+# marked docs, skipped, saying why, where chromium is not installed.
 test-docs: install-dev
-	$(TEST_THREADS) $(BIN)/pytest tests/test_site.py -q -p no:cacheprovider -m docs -rs --durations 5
+	$(TEST_THREADS) $(BIN)/pytest tests/test_site.py tests/test_lab.py -q -p no:cacheprovider -m docs -rs --durations 5
 
 # `make test` runs these in order; .ci/run runs the same list (runtime-env and check-runtime beside test-pytest, whose two
 # workers leave a core idle at times) and prints how long each step took and the wall-clock time after the install.

@@ -366,7 +366,8 @@ def capacity_panel(inputs:CapacityInputs): # the starting values; needs its kv_c
         return capacity_report(CapacityInputs(kv_cache=k, serving=s))
     i = lambda v, lo, hi, step=1: IntSlider(value=v, min=lo, max=hi, step=step)
     f = lambda v, lo, hi: FloatSlider(value=v, min=lo, max=hi)
-    return interactive(show, n_layers=i(kv.n_layers, 1, 160), n_kv_heads=i(kv.n_kv_heads, 1, 128),
+    return interactive(show, {'auto_display': True},   # the report in the panel
+                       n_layers=i(kv.n_layers, 1, 160), n_kv_heads=i(kv.n_kv_heads, 1, 128),
                        dtype=Dropdown(options=list(DTYPE_BYTES), value=kv.dtype),
                        seq_len=i(kv.seq_len, 256, 131_072, 256),
                        concurrency=i(kv.concurrency, 1, 256), gpu_gb=f(kv.gpu_gb or 80, 16, 192),

@@ -425,7 +425,8 @@ def canary_panel(grid:pd.DataFrame, # `canary_grid`: the sliders pick a share fr
         show_figure(plot_canary(grid, share, min_requests, max_psi, bad, good), draw)
         return canary_table(grid, share, min_requests, max_psi)
     shares = sorted(grid.share.unique())
-    return interactive(show, share=SelectionSlider(options=[(f'{s:.0%}', s) for s in shares], value=share),
+    return interactive(show, {'auto_display': True},   # the table under the figure
+                       share=SelectionSlider(options=[(f'{s:.0%}', s) for s in shares], value=share),
                        min_requests=IntSlider(value=min_requests, min=10, max=2000, step=10),
                        max_psi=FloatLogSlider(value=max_psi, min=-2, max=1))
 

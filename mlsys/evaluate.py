@@ -640,7 +640,8 @@ def threshold_panel(y, p, amount, # labels, scores, amounts of the window to pri
         show_figure(plot_cost_curves(cost_curves(y, p, a, review_t, block_t, c), table), draw)
         return table
     s = lambda v: FloatSlider(value=min(v, 1.0), min=0, max=1, step=0.001, readout_format='.3f')
-    return interactive(show, review_t=s(review_t), block_t=s(block_t),
+    return interactive(show, {'auto_display': True},   # the table under the figure
+                       review_t=s(review_t), block_t=s(block_t),
                        false_block=FloatLogSlider(value=costs.false_block, min=0, max=3, readout_format='.0f'))
 
 # %% ../nbs/06_evaluate.ipynb #8a371ead

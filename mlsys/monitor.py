@@ -702,7 +702,8 @@ def ramp_panel(ramp:pd.DataFrame, # `drift_ramp`: the sliders pick a rate from i
         show_figure(plot_ramp(ramp, rate, psi_threshold, feature), draw)
         return detection_delay(ramp, psi_threshold)
     rates = [(f'{r:.0%} a day', r) for r in sorted(ramp.rate.unique())]
-    return interactive(show, rate=SelectionSlider(options=rates, value=rate),
+    return interactive(show, {'auto_display': True},   # the table under the figure
+                       rate=SelectionSlider(options=rates, value=rate),
                        psi_threshold=FloatLogSlider(value=psi_threshold, min=-3, max=0))
 
 # %% ../nbs/10_monitor.ipynb #f3cb1d9d

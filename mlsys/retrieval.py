@@ -388,7 +388,8 @@ def knob_panel(rows:pd.DataFrame, # `sweep` rows of annoy settings: the grid the
         show_figure(plot_knobs(a, n_trees, search_k, exact_ms, target), draw)
         return knob_view(a, n_trees, search_k, exact_ms, target)
     pick = lambda col, v: SelectionSlider(options=sorted(int(x) for x in a[col].unique()), value=v)
-    return interactive(show, n_trees=pick('n_trees', n_trees), search_k=pick('search_k', search_k))
+    return interactive(show, {'auto_display': True},   # the table under the figure
+                       n_trees=pick('n_trees', n_trees), search_k=pick('search_k', search_k))
 
 # %% ../nbs/12_retrieval.ipynb #c339e3ec
 def vector_memory(n_vectors:int, dim:int, # how many vectors, of what dimension

@@ -1,4 +1,4 @@
-import json, os, subprocess, sys, threading
+import json, os, shutil, subprocess, sys, threading
 from pathlib import Path
 import pytest
 
@@ -128,3 +128,24 @@ def production_ws(tmp_path_factory):
         return dst
     copy.original_proc = subprocess.CompletedProcess(**json.loads((folder/'proc.json').read_text()))
     return copy
+
+
+def chromium() -> str|None:
+    return shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
+
+
+@pytest.fixture(scope='session')
+def browser():
+    "Headless Chromium driven by Selenium (the docs tests: the site's pages, the widgets in JupyterLab)."
+    if not chromium() or not shutil.which('chromedriver'):
+        pytest.skip('needs Chromium and its driver: apt-get install chromium chromium-driver (.ci/run installs them)')
+    webdriver = pytest.importorskip('selenium.webdriver', reason='needs selenium (a dev dependency)')
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium()
+    for a in ['--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--window-size=1280,1000']:
+        opts.add_argument(a)
+    # Debian's chromedriver, named: Selenium would otherwise try to download one
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=shutil.which('chromedriver')))
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()

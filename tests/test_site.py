@@ -3,7 +3,7 @@
 `chromium-driver`, driven by Selenium) opens the index and a sample of chapters: each page loads, its sidebar links
 resolve, its figures are images that decoded (naturalWidth > 0), and no cell shows an error or a traceback.
 Marked `docs`: `make test-docs` runs it after test-notebooks; `make test-pytest` leaves it out. No screenshots are kept."""
-import os, shutil, subprocess, sys, time
+import os, subprocess, sys, time
 from pathlib import Path
 from urllib.parse import urlparse, unquote
 
@@ -21,10 +21,6 @@ WITH_FIGURES = ['evaluate.html', 'deploy.html', 'monitor.html', 'retrieval.html'
 ERROR_MARKS = ['Traceback (most recent call last)', 'output_error', 'cell-output-error']
 
 
-def chromium() -> str|None:
-    return shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
-
-
 @pytest.fixture(scope='module')
 def site() -> Path:
     "`_docs/`, built by `python -m mlsys.site docs` (stale chapters executed first; after test-notebooks, none are)."
@@ -35,22 +31,6 @@ def site() -> Path:
     assert r.returncode == 0, f'the site did not build:\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}'
     print(f'site built in {time.time() - t0:.0f} s:', r.stdout.strip().splitlines()[-1])
     return SITE
-
-
-@pytest.fixture(scope='module')
-def browser():
-    if not chromium() or not shutil.which('chromedriver'):
-        pytest.skip('needs Chromium and its driver: apt-get install chromium chromium-driver (.ci/run installs them)')
-    webdriver = pytest.importorskip('selenium.webdriver', reason='needs selenium (a dev dependency)')
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium()
-    for a in ['--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--window-size=1280,1000']:
-        opts.add_argument(a)
-    # Debian's chromedriver, named: Selenium would otherwise try to download one
-    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=shutil.which('chromedriver')))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def test_every_sidebar_entry_has_a_page(site):
