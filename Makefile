@@ -57,9 +57,11 @@ $(RUNTIME_VENV)/.installed: setup.py settings.ini $(wildcard mlsys/*.py) $(wildc
 
 runtime-env: $(RUNTIME_VENV)/.installed
 
+# The pipeline with one BLAS/OpenMP thread a process (TEST_THREADS, below): .ci/run runs it beside the two test workers,
+# where a second thread only spins (its training stage took 81 s with two threads there, 21 s alone with one).
 check-runtime: runtime-env
 	cd $$(mktemp -d) && $(CURDIR)/$(RUNTIME_VENV)/bin/python $(CURDIR)/.ci/imports.py
-	cd $$(mktemp -d) && $(CURDIR)/$(RUNTIME_VENV)/bin/mlsys run --workspace workspace
+	cd $$(mktemp -d) && $(TEST_THREADS) $(CURDIR)/$(RUNTIME_VENV)/bin/mlsys run --workspace workspace
 
 # Two notebooks or two test workers share the machine's cores, each with its kernels and `mlsys run` subprocesses: one
 # BLAS/OpenMP thread per process. With two each, PyTorch's threads spin against each other (a training step measured
