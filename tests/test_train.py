@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent('''
     df['is_fraud'] = (df.x + rng.normal(size=n) > 2.2)
     dm = FraudDataModule(df, ['x'], batch_size=256)
     out = Path(sys.argv[1])
-    tr = make_trainer(max_epochs=2, ckpt_dir=out/'ckpt', logger='wandb', tracking_dir=out/'tracking')
+    tr = make_trainer(max_epochs=2, ckpt_dir=out/'ckpt', logger='wandb', tracking_dir=out/'tracking', clip=None)
     tr.fit(TabularClassifier(1, dm.pre.cardinalities, pos_weight=dm.pos_weight), dm)
     from mlsys.train import log_checkpoint
     assert log_checkpoint(tr) is not None; tr.logger.experiment.finish()
