@@ -385,6 +385,15 @@ def _promote(reg, version:int, passed:bool, promote:bool|str, live:bool) -> str:
     return reg.get(LAYERS_NAME, version)['stage']
 
 # %% ../nbs/14b_defence.ipynb #bbb7b45a
+def _stage_output(out:Path, table:pd.DataFrame, metrics:dict, version:int, stage:str, path:Path) -> dict:
+    "The `fraud_layers` job's `stage_output` keywords: its files (the table of arms written here) and headline metrics."
+    table.to_csv(out/'layers.csv')
+    tried = {'graph_candidates': out/'graph_candidates.csv'} if (out/'graph_candidates.csv').exists() else {}
+    keep = ('model', 'rows', 'positives', 'gates_passed', 'graph_checks')
+    return {'artifacts': {'evaluation': out/'evaluation.json', 'layers': out/'layers.csv', 'version': path, **tried},
+            'metrics': {**{k: metrics[k] for k in keep}, 'version': version, 'stage': stage,
+                        **{f'cost_per_1k {arm}': round(v, 2) for arm, v in table.cost_per_1k.items()}}}
+
 def layers_stage(ws:Workspace, out:Path, run_dir=None, # the workspace; the stage's folder; the run
                  model:str='fraud', analysts:int|None=3, fit_days:int=14, seed:int=0, # the system's knobs
                  overflow:Literal['approve', 'block']='approve', graph:bool=True, # queue policy; fit a graph layer
@@ -417,8 +426,9 @@ def layers_stage(ws:Workspace, out:Path, run_dir=None, # the workspace; the stag
     except NotFound: live = False
     params = {'analysts': analysts, 'fit_days': fit_days, 'seed': seed, 'overflow': overflow, 'graph': graph}
     version = register_layers(reg, d, metrics, gates, _lineage(ws, run_dir, params), {'test_window': window})
-    return {**w, 'version': version, 'stage': _promote(reg, version, passed, promote, live), 'metrics': metrics,
-            'defence': d, 'path': reg.get(LAYERS_NAME, version)['path']}
+    stage, path = _promote(reg, version, passed, promote, live), reg.get(LAYERS_NAME, version)['path']
+    return {**w, 'version': version, 'stage': stage, 'metrics': metrics, 'defence': d, 'path': path,
+            'output': _stage_output(Path(out), w['table'], metrics, version, stage, path)}
 
 # %% ../nbs/14b_defence.ipynb #19fdfc0f
 IPv4 = Annotated[str, Field(strict=True, pattern=r'^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.\d{1,3}){3}$')]

@@ -412,7 +412,7 @@ class LLMPredictor(Predictor):
     def __init__(self, ws:Workspace, metrics:ServingMetrics|None=None, reg=None, name:str=MODEL_NAME,
                  model:TinyLM|None=None, tok:BPETokenizer|None=None, # a model to serve instead of the registry's
                  n_blocks:int|None=None, block_size:int=16, max_batch:int=16, max_waiting:int=64,
-                 queue_timeout_s:float=30.0, # longest wait for KV blocks before a 503
+                 queue_timeout_s:float=30.0, # longest wait for the first token (KV blocks, prefill) before a 503
                  max_body_bytes:int=1_048_576, prefill_chunk:int|None=None, share_prefix:bool=True):
         from mlsys.registry import Registry
         self.metrics, self.name, self.created = metrics or ServingMetrics(), name, int(time.time())
@@ -475,7 +475,8 @@ async def _open(p:LLMPredictor, request:Request, chat:bool):
     try: first = await asyncio.wait_for(seq.queue.get(), p.queue_timeout)
     except asyncio.TimeoutError:
         p.engine.cancel(seq)
-        msg = f'no KV blocks came free within {p.queue_timeout} s'
+        msg = (f'the prompt was admitted but its first token took longer than {p.queue_timeout} s' if seq.todo
+               else f'no KV blocks came free within {p.queue_timeout} s')   # `todo` is set when blocks are found
         return None, (503, openai_error(503, None, msg), {'Retry-After': '1'})
     except BaseException:   # the client left while waiting
         p.engine.cancel(seq)

@@ -191,7 +191,7 @@ class FraudDataModule(L.LightningDataModule):
     def test_dataloader(self): return self._loader('test')
 
 # %% ../nbs/04_train.ipynb #a25b6963
-# long because Lightning asks for the model, its steps and its optimizer in one class
+# long because Lightning asks for the model, its evaluation and its optimizer in one class
 class TabularClassifier(L.LightningModule):
     "Embeddings for categoricals + MLP, weighted BCE, AUROC/AUPRC metrics."
     def __init__(self, n_numeric:int, cardinalities:list[int], hidden:tuple=(64, 32), dropout:float=0.1, lr:float=3e-3,
@@ -201,7 +201,7 @@ class TabularClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=['epoch_seed', 'clip', 'accumulate'])   # the run's, not the saved model's
         self.epoch_seed, self.clip, self.accumulate = epoch_seed, clip, accumulate
-        self.automatic_optimization = False   # `training_step` steps: the Trainer's closure loop costs ~0.1 ms a step
+        self.automatic_optimization = False   # `training_step` (below) steps
         self.emb = nn.ModuleList([nn.Embedding(c, min(16, (c + 1) // 2)) for c in cardinalities])
         width, layers = n_numeric + sum(e.embedding_dim for e in self.emb), []
         for h in hidden:
@@ -216,16 +216,6 @@ class TabularClassifier(L.LightningModule):
     def forward(self, num, cat):
         return self.mlp(torch.cat([num, *[e(cat[:, i]) for i, e in enumerate(self.emb)]], dim=1)).squeeze(1)
 
-    def training_step(self, batch, i):   # what Lightning's automatic loop does, without its per-step machinery
-        num, cat, y = batch
-        loss = self.loss(self(num, cat), y)
-        self._losses.append(loss.detach())
-        self.manual_backward(loss if self.accumulate == 1 else loss / self.accumulate)   # DDP and bf16 as before
-        if (i + 1) % self.accumulate == 0 or self.trainer.is_last_batch:
-            if self.clip: self.clip_gradients(self._opt, self.clip, 'norm')
-            self._opt.step()
-            self._opt.zero_grad()
-    def on_train_start(self): self._opt = self.optimizers()   # once a fit, not a lookup a step
     def on_train_epoch_start(self):   # `EpochSeed`'s work in a hook Lightning calls anyway: no calls added per step
         if self.epoch_seed is not None:
             L.seed_everything(self.epoch_seed + self.current_epoch, workers=True, verbose=False)
@@ -246,6 +236,22 @@ class TabularClassifier(L.LightningModule):
     def test_step(self, batch, _): self._eval(batch, 'test')
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+# %% ../nbs/04_train.ipynb #a7c3e1d1
+@patch
+def training_step(self:TabularClassifier, batch, i):
+    "Forward and loss, `manual_backward`; every `accumulate` batches (and at an epoch's last) clip and step."
+    num, cat, y = batch
+    loss = self.loss(self(num, cat), y)
+    self._losses.append(loss.detach())
+    self.manual_backward(loss if self.accumulate == 1 else loss / self.accumulate)   # DDP and bf16 as before
+    if (i + 1) % self.accumulate == 0 or self.trainer.is_last_batch:
+        if self.clip: self.clip_gradients(self._opt, self.clip, 'norm')
+        self._opt.step()
+        self._opt.zero_grad()
+
+@patch
+def on_train_start(self:TabularClassifier): self._opt = self.optimizers()   # once a fit, not a lookup a step
 
 # %% ../nbs/04_train.ipynb #8d5e7ee7
 @patch

@@ -44,6 +44,18 @@ def post(url, body, timeout=30):
     return http_post(url, body, timeout=timeout)[:2]
 
 
+def assert_refusals(server, endpoint:str, cases:dict) -> str:
+    """Each body of `cases` (bytes or JSON) answered with its (status, field, rule) at `/endpoint`, and the 422s counted
+    under `endpoint` in `/metrics`; returns the metrics text."""
+    import urllib.request
+    for body, (code, field, rule) in cases.items():
+        got, out = post(server.url(f'/{endpoint}'), body)
+        assert got == code and out['detail'][0]['field'] == field and rule in out['detail'][0]['rule'], (body[:60], got, out)
+    with urllib.request.urlopen(server.url('/metrics'), timeout=30) as r: metrics = r.read().decode()
+    assert f'mlsys_requests_total{{code="422",endpoint="{endpoint}"}}' in metrics
+    return metrics
+
+
 def fuzz_routes(server, paths=None, examples:int=25):
     """Valid and invalid requests generated from `server`'s own OpenAPI document (schemathesis), `examples` of each kind for
     every operation (or those on `paths`): the status codes seen, and the (method, path, status, text) of each 5xx."""

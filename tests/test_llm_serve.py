@@ -178,7 +178,10 @@ def test_engine_flags_shown_and_checked(served, client, lm, capsys):
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(2) as pool:   # the first runs hundreds of steps: the second arrives while it holds its blocks
         first = pool.submit(post, long_q, CONTEXT - len(lm.tok.encode(long_q)) - 1)
-        time.sleep(0.02)
+        deadline = time.monotonic() + 60   # its prompt computed (not a fixed sleep: a loaded machine is slower)
+        while scrape(served)['mlsys_llm_prefill_tokens'] - m['mlsys_llm_prefill_tokens'] < len(lm.tok.encode(long_q)):
+            assert time.monotonic() < deadline and not first.done(), 'the first request was not prefilled within 60 s'
+            time.sleep(0.005)
         second = pool.submit(post, q, 6)
         assert second.result()['choices'][0]['text'] == greedy(lm, q, 6)
         assert first.result()['usage']['completion_tokens'] > 0

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from mlsys.bench_serve import load_test
 from mlsys.server import free_port, start_server
-from conftest import fuzz_routes, http_post
+from conftest import assert_refusals, fuzz_routes, http_post
 
 pytestmark = [pytest.mark.service, pytest.mark.xdist_group('serve')]   # one worker: the module's server starts once
 TOKEN = 'test-admin-token'
@@ -69,7 +69,7 @@ def test_predict_entities_and_vectors(served):
 
 def test_bad_input_gets_4xx_naming_field_and_rule(served):
     ws, s = served
-    e = _entities(ws, 1)[0]; url = s.url('/predict')
+    e = _entities(ws, 1)[0]
     cases = {
         b'{"instances": [': (400, 'body', 'malformed JSON'),
         json.dumps({'instances': [{k: v for k, v in e.items() if k != 'amount'}]}).encode(): (422, 'instances.0.amount', 'Field required'),
@@ -82,12 +82,7 @@ def test_bad_input_gets_4xx_naming_field_and_rule(served):
         json.dumps({'instances': [e], 'x': 1}).encode(): (422, 'x', 'Extra inputs'),
         b'{"instances": [' + b' ' * (1 << 20) + b']}': (413, 'body', 'at most 1048576 bytes'),
     }
-    for body, (code, field, rule) in cases.items():
-        got, out, _ = post(url, body)
-        assert got == code, (body[:100], got, out)
-        assert out['detail'][0]['field'] == field and rule in out['detail'][0]['rule'], out
-    metrics = get(s.url('/metrics'))
-    assert 'mlsys_requests_total{code="422",endpoint="predict"}' in metrics and 'mlsys_batch_size_bucket' in metrics
+    assert 'mlsys_batch_size_bucket' in assert_refusals(s, 'predict', cases)
 
 
 def test_dynamic_batching_under_concurrency(served):
