@@ -384,7 +384,7 @@ def _promote(reg, version:int, passed:bool, promote:bool|str, live:bool) -> str:
         reg.promote(LAYERS_NAME, version, 'production', reason='every gate passed')
     return reg.get(LAYERS_NAME, version)['stage']
 
-# %% ../nbs/14b_defence.ipynb #bbb7b45a
+# %% ../nbs/14b_defence.ipynb #b5e2a9c0
 def _stage_output(out:Path, table:pd.DataFrame, metrics:dict, version:int, stage:str, path:Path) -> dict:
     "The `fraud_layers` job's `stage_output` keywords: its files (the table of arms written here) and headline metrics."
     table.to_csv(out/'layers.csv')
@@ -394,6 +394,8 @@ def _stage_output(out:Path, table:pd.DataFrame, metrics:dict, version:int, stage
             'metrics': {**{k: metrics[k] for k in keep}, 'version': version, 'stage': stage,
                         **{f'cost_per_1k {arm}': round(v, 2) for arm, v in table.cost_per_1k.items()}}}
 
+
+# %% ../nbs/14b_defence.ipynb #bbb7b45a
 def layers_stage(ws:Workspace, out:Path, run_dir=None, # the workspace; the stage's folder; the run
                  model:str='fraud', analysts:int|None=3, fit_days:int=14, seed:int=0, # the system's knobs
                  overflow:Literal['approve', 'block']='approve', graph:bool=True, # queue policy; fit a graph layer
