@@ -127,20 +127,27 @@ class Preprocessor:
     def load(path:str|Path) -> Preprocessor: return Preprocessor(**json.loads(Path(path).read_text()))
 
 # %% ../nbs/04_train.ipynb #0f40e65e
+def _floats(s:pd.Series) -> np.ndarray:
+    "`s` as float64, NaN where missing or not a number."
+    s = s if pd.api.types.is_numeric_dtype(s) else pd.to_numeric(s, errors='coerce')
+    return s.to_numpy(dtype=float, na_value=np.nan)
+
 @patch
 def transform(self:Preprocessor, df:pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
     "Numeric tensor (float32) and categorical index tensor (int64) for `df`."
     if not self.state: raise TrainingDataError('the preprocessor is not fitted')
     missing = [c for c in [*self.numeric, *self.categorical] if c not in df]
     if missing: raise TrainingDataError(f'feature(s) {missing} missing from the frame')
-    cols = []
-    for c, s in self.state['numeric'].items():
-        x = pd.to_numeric(df[c], errors='coerce').astype(float).fillna(s['fill'])
-        cols.append(((np.log1p(x.clip(lower=0)) if s['log'] else x) - s['mean']) / s['std'])
-    num = np.column_stack(cols).astype(np.float32) if cols else np.zeros((len(df), 0), np.float32)
+    spec, num = self.state['numeric'], np.zeros((len(df), 0), np.float32)
+    if spec:
+        fill, log, mean, std = (np.array([s[k] for s in spec.values()]) for k in ('fill', 'log', 'mean', 'std'))
+        x = np.column_stack([_floats(df[c]) for c in spec])
+        x = np.where(np.isnan(x), fill, x)
+        x[:, log] = np.log1p(np.clip(x[:, log], 0, None))
+        num = ((x - mean) / std).astype(np.float32)
     bad = [c for c, ok in zip(self.numeric, np.isfinite(num).all(axis=0)) if not ok]
     if bad: raise TrainingDataError(f'NaN or infinite values after preprocessing in {bad}')
-    cat = [pd.Categorical(df[c].astype(str), categories=v).codes + 1 for c, v in self.state['categorical'].items()]
+    cat = [pd.Index(v).get_indexer(df[c].astype(str)) + 1 for c, v in self.state['categorical'].items()]   # -1 (unseen) -> 0
     cat = np.column_stack(cat).astype(np.int64) if cat else np.zeros((len(df), 0), np.int64)
     return torch.from_numpy(num), torch.from_numpy(cat)
 

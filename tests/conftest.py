@@ -108,8 +108,13 @@ def shared_once(tmp_path_factory, name:str, build) -> Path:
     return folder
 
 
+# The shared run also simulates eight days beyond the ten it lands, holds them back and replays them in the loop stage under
+# two policies (tests/test_loop.py); the loop works on copies, so the workspace is the ten-day pipeline's.
+LOOP = ['-p', 'simulate_days', '8', '-p', 'policies', 'none,hybrid']
+
+
 def _full_run(folder):
-    p = mlsys('run', '--workspace', folder/'workspace', *SMALL, *SMALL_TRAIN, *FAST_LABELS)
+    p = mlsys('run', '--workspace', folder/'workspace', *SMALL, *SMALL_TRAIN, *FAST_LABELS, *LOOP)
     assert p.returncode == 0, p.stderr[-3000:]
     (folder/'proc.json').write_text(json.dumps({'args': p.args, 'returncode': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr}))
 

@@ -1,16 +1,13 @@
 "`mlsys run -p simulate_days N`: the lake holds back N days, the pipeline registers a model on the rest, and the loop stage replays them as production."
 import json
-import pytest
-from conftest import SMALL, FAST_LABELS, SMALL_TRAIN, mlsys, run_record
+from conftest import run_record, mlsys
 from mlsys.registry import Registry
 from mlsys.world import partitions, read_manifest
 
 
-@pytest.mark.slow
-def test_run_with_simulated_days_replays_them(tmp_path):
-    ws = tmp_path/'workspace'
-    p = mlsys('run', '--workspace', ws, *SMALL, *SMALL_TRAIN, *FAST_LABELS, '-p', 'simulate_days', '8', '-p', 'policies', 'none,hybrid')
-    assert p.returncode == 0, p.stderr[-3000:]
+def test_run_with_simulated_days_replays_them(production_ws, tmp_path):
+    "The shared run (conftest's `_full_run`: the small world, `-p simulate_days 8 -p policies none,hybrid`)."
+    ws, p = production_ws(tmp_path/'workspace'), production_ws.original_proc
     run_dir, rec = run_record(p)
     assert [s['name'] for s in rec['stages']][-2:] == ['batch_predict', 'loop']
     man = read_manifest(ws/'lake')
@@ -18,7 +15,7 @@ def test_run_with_simulated_days_replays_them(tmp_path):
     loop = json.loads((run_dir/'loop.json').read_text())
     assert loop['days'] == 8 and set(loop['policies']) == {'none', 'hybrid'} and (run_dir/'loop.png').stat().st_size > 1000
     stage = rec['stages'][-1]['metrics']
-    # the world: clean production days 0-3, the covariate shift from day 4, the new fraud pattern from day 5, labels after a median of 10 days
+    # the world: clean production days 0-3, the covariate shift from day 4, the new fraud pattern from day 5, labels after a median of 2 days (FAST_LABELS)
     assert (loop['covariate_shift_day'], loop['concept_drift_day']) == (4, 5)
     # ten landed days: the 7- and 30-day windows of the counters are still filling up, so the monitor alarms on every clean day (warm-up,
     # not the world: 11a_loop, with 30 landed days, asserts no data-drift or concept alarm on a clean day). What must hold here: no

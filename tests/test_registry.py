@@ -7,7 +7,7 @@ from mlsys.evaluate import MIN_POSITIVES
 from mlsys.registry import Registry
 
 
-FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict']
+FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict', 'loop']
 
 
 def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
@@ -29,8 +29,9 @@ def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     assert lineage['run_id'] == rec['run_id'] and lineage['wandb_run'].startswith('mlsys/') and 'user_velocity' in lineage['feature_views']
     assert {'lake_transactions', 'training_set'} <= set(lineage['data_hashes'])
 
-    preds = pd.read_parquet(rec['stages'][-1]['artifacts']['predictions'])
-    assert len(preds) == rec['stages'][-1]['metrics']['rows'] > 0 and (preds.model_version == 1).all()
+    batch = rec['stages'][FULL.index('batch_predict')]
+    preds = pd.read_parquet(batch['artifacts']['predictions'])
+    assert len(preds) == batch['metrics']['rows'] > 0 and (preds.model_version == 1).all()
     assert set(preds.decision) <= {'approve', 'review', 'block'} and preds.score.between(0, 1).all()
 
     # rebuilt from the registry's lineage in a fresh workspace: the same data and bit-identical weights
