@@ -111,6 +111,8 @@ def shared_once(tmp_path_factory, name:str, build) -> Path:
 # The shared run also simulates eight days beyond the ten it lands, holds them back and replays them in the loop stage under
 # two policies (tests/test_loop.py); the loop works on copies, so the workspace is the ten-day pipeline's.
 LOOP = ['-p', 'simulate_days', '8', '-p', 'policies', 'none,hybrid']
+# what it runs: every fraud stage but the optional tune
+SHARED_RUN_STAGES = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict', 'loop']
 
 
 def _full_run(folder):

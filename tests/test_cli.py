@@ -2,7 +2,7 @@
 import json, subprocess
 from pathlib import Path
 import pytest
-from conftest import BIN, ROOT, SMALL, SMALL_TRAIN, mlsys, run_record
+from conftest import BIN, ROOT, SHARED_RUN_STAGES, SMALL, SMALL_TRAIN, mlsys, run_record
 
 STAGE_KEYS = {'name', 'status', 'started', 'ended', 'seconds', 'notebook', 'artifacts', 'metrics'}
 
@@ -14,7 +14,7 @@ def test_run_contract(production_ws, ws):
     run_dir = ws/'runs'/run_dir.name   # the private copy of the run's folder
     assert set(rec) >= {'run_id', 'status', 'failed_stage', 'reason', 'stages', 'lineage'}
     assert (rec['status'], rec['failed_stage'], rec['reason']) == ('succeeded', None, None)
-    assert [s['name'] for s in rec['stages']] == ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict', 'loop']   # no tune
+    assert [s['name'] for s in rec['stages']] == SHARED_RUN_STAGES   # no tune
     for s in rec['stages']:
         assert STAGE_KEYS <= set(s) and s['status'] == 'succeeded' and (run_dir/s['notebook']).exists()
     assert (ws/'runs'/'latest').resolve().name == run_dir.name

@@ -2,19 +2,16 @@
 import json, shlex
 import pandas as pd
 import pytest
-from conftest import SMALL_TRAIN, mlsys, mlsys_main, run_record
+from conftest import SHARED_RUN_STAGES, SMALL_TRAIN, mlsys, mlsys_main, run_record
 from mlsys.evaluate import MIN_POSITIVES
 from mlsys.registry import Registry
-
-
-FULL = ['ingest', 'validate', 'features', 'train', 'evaluate', 'register', 'fraud_layers', 'batch_predict', 'loop']
 
 
 def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     ws = production_ws(tmp_path/'workspace')   # a private copy of the shared full run
     p = production_ws.original_proc
     run_dir, rec = run_record(p)
-    assert [s['name'] for s in rec['stages']] == FULL
+    assert [s['name'] for s in rec['stages']] == SHARED_RUN_STAGES
     reg = Registry(ws/'models'); prod = reg.get('fraud', 'production')
     assert prod['version'] == 1 and prod['gates_passed'] == 1 and reg.verify('fraud', 1) == []
     assert [*reg.history('fraud').to_stage] == ['none', 'staging', 'production']
@@ -29,7 +26,7 @@ def test_run_to_production_rebuild_and_regression_gate(production_ws, tmp_path):
     assert lineage['run_id'] == rec['run_id'] and lineage['wandb_run'].startswith('mlsys/') and 'user_velocity' in lineage['feature_views']
     assert {'lake_transactions', 'training_set'} <= set(lineage['data_hashes'])
 
-    batch = rec['stages'][FULL.index('batch_predict')]
+    batch = rec['stages'][SHARED_RUN_STAGES.index('batch_predict')]
     preds = pd.read_parquet(batch['artifacts']['predictions'])
     assert len(preds) == batch['metrics']['rows'] > 0 and (preds.model_version == 1).all()
     assert set(preds.decision) <= {'approve', 'review', 'block'} and preds.score.between(0, 1).all()
